@@ -1,0 +1,1 @@
+"""Thin HTTP entry points; every one delegates to ``shared``."""
