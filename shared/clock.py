@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def utcnow() -> dt.datetime:
@@ -20,7 +20,7 @@ def to_naive_utc(value: dt.datetime) -> dt.datetime:
 
 
 def rfc3339(value: dt.datetime | None) -> str | None:
-    """Formats a datetime (naive values are taken as UTC) as RFC 3339 in UTC, e.g. ``2026-01-02T03:04:05Z``."""
+    """Formats a datetime (naive means UTC) as RFC 3339 in UTC, e.g. ``2026-01-02T03:04:05Z``."""
     if value is None:
         return None
     if value.tzinfo is None:

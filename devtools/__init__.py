@@ -1,0 +1,1 @@
+"""Developer tools: the embedded PostgreSQL and the local server. Never deployed (see .gcloudignore)."""

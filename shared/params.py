@@ -1,0 +1,156 @@
+"""Request parsing: GET query parameters or a POST JSON object, checked against a field list.
+
+Unknown fields are rejected (400, naming the field) so that a caller's typo is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Request
+
+from shared.errors import InvalidArgument, PayloadTooLarge
+
+# A send with 24 MiB of attachments is ~32 MiB of base64 plus the JSON around it.
+MAX_SEND_BODY_BYTES = 34 * 1024 * 1024
+# Every other request is a handful of short fields.
+MAX_BODY_BYTES = 64 * 1024
+TRUE_WORDS = frozenset({"true", "1", "yes"})
+FALSE_WORDS = frozenset({"false", "0", "no"})
+
+
+@dataclass(frozen=True)
+class Field:
+    """One accepted field: its kind (``str``, ``int``, ``bool``, ``str_list``, ``any``) and bounds."""
+
+    kind: str
+    required: bool = False
+    min_length: int = 0
+    max_length: int | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    default: Any = None
+    query_ok: bool = True
+
+
+def ident(max_length: int, required: bool = False) -> Field:
+    """A user or robeing id: 1..max_length characters, no control characters."""
+    return Field("id", required=required, min_length=1, max_length=max_length)
+
+
+USER_FIELDS: dict[str, Field] = {"user_id": ident(100, required=True), "robeing_id": ident(50)}
+
+
+def parse(request: Request, fields: Mapping[str, Field], max_body: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """Reads the request's fields (query for GET, JSON object for POST) and checks every one.
+
+    Returns:
+        Every declared field, with its default when absent.
+
+    Raises:
+        InvalidArgument: bad JSON, an unknown, missing or malformed field.
+        PayloadTooLarge: a body over ``max_body`` bytes.
+    """
+    if request.method == "GET":
+        raw: dict[str, Any] = {}
+        for name in request.args:
+            values = request.args.getlist(name)
+            if len(values) > 1:
+                raise InvalidArgument(f"{name}: given more than once")
+            raw[name] = values[0]
+        from_query = True
+    else:
+        raw = _json_object(request, max_body)
+        from_query = False
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise InvalidArgument(f"unknown field: {unknown[0]}")
+    parsed: dict[str, Any] = {}
+    for name, spec in fields.items():
+        if name not in raw or raw[name] is None:
+            if spec.required:
+                raise InvalidArgument(f"{name}: required")
+            parsed[name] = spec.default
+            continue
+        if from_query and not spec.query_ok:
+            raise InvalidArgument(f"{name}: not accepted as a query parameter; POST JSON instead")
+        parsed[name] = _check(name, spec, raw[name], from_query)
+    return parsed
+
+
+def _json_object(request: Request, max_body: int) -> dict[str, Any]:
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise PayloadTooLarge(f"the request body is over {max_body} bytes")
+    mimetype = (request.mimetype or "").lower()
+    body = request.get_data(cache=False)
+    if len(body) > max_body:
+        raise PayloadTooLarge(f"the request body is over {max_body} bytes")
+    if not body.strip():
+        return {}
+    if mimetype != "application/json":
+        raise InvalidArgument("the body must be JSON with Content-Type: application/json")
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise InvalidArgument("the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument("the body must be a JSON object")
+    return value
+
+
+def _check(name: str, spec: Field, value: Any, from_query: bool) -> Any:
+    if spec.kind in ("str", "id"):
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{name}: must be a string")
+        if len(value) < spec.min_length:
+            raise InvalidArgument(
+                f"{name}: must not be empty"
+                if spec.min_length == 1
+                else f"{name}: at least {spec.min_length} characters"
+            )
+        if spec.max_length is not None and len(value) > spec.max_length:
+            raise InvalidArgument(f"{name}: at most {spec.max_length} characters")
+        if spec.kind == "id" and any(ord(char) < 32 or ord(char) == 127 for char in value):
+            raise InvalidArgument(f"{name}: must not contain control characters")
+        if "\x00" in value:
+            raise InvalidArgument(f"{name}: must not contain NUL characters")
+        return value
+    if spec.kind == "int":
+        if from_query and isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise InvalidArgument(f"{name}: must be a whole number") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"{name}: must be a whole number")
+        if spec.minimum is not None and value < spec.minimum:
+            raise InvalidArgument(f"{name}: must be at least {spec.minimum}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise InvalidArgument(f"{name}: must be at most {spec.maximum}")
+        return value
+    if spec.kind == "bool":
+        if from_query and isinstance(value, str):
+            word = value.strip().lower()
+            if word in TRUE_WORDS:
+                return True
+            if word in FALSE_WORDS:
+                return False
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{name}: must be true or false")
+        return value
+    if spec.kind == "str_list":
+        items = value.split(",") if from_query and isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise InvalidArgument(f"{name}: must be a list of strings")
+        items = [item.strip() for item in items if item.strip()]
+        if spec.max_length is not None and len(items) > spec.max_length:
+            raise InvalidArgument(f"{name}: at most {spec.max_length} items")
+        for item in items:
+            if len(item) > 256 or any(ord(char) < 32 for char in item):
+                raise InvalidArgument(f"{name}: malformed item")
+        return items
+    return value  # "any": checked by the code that understands it

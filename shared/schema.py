@@ -1,0 +1,166 @@
+"""Schema migrations, applied by ``python -m shared.cli migrate``.
+
+``gmail_token`` is shared with other services: it is created only when absent, exactly as production
+has it, and only ever gains columns and indexes. Every statement is idempotent, so ``migrate`` is safe
+to run again, concurrently (an advisory lock serialises runs), and on a database that already has rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from shared.db import Connection
+
+logger = logging.getLogger(__name__)
+
+# pg_advisory_lock key: any constant unique to this project; two migrate runs wait for each other.
+MIGRATION_LOCK_KEY = 0x5E_11_E3_A1
+
+GMAIL_TOKEN_DDL = """
+CREATE TABLE IF NOT EXISTS gmail_token (
+    id SERIAL PRIMARY KEY,
+    user_id VARCHAR(100),
+    robeing_id VARCHAR(50),
+    token_data JSONB,
+    oauth_config JSONB,
+    scopes TEXT[],
+    metadata JSONB,
+    expiry TIMESTAMP,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    is_equipped BOOLEAN DEFAULT FALSE,
+    equipped_to VARCHAR(50)
+)
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered step; ``transactional`` is False for statements PostgreSQL forbids in a transaction."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    transactional: bool = True
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "gmail_token as production has it", (GMAIL_TOKEN_DDL,)),
+    Migration(
+        2,
+        "re-authorisation marker columns on gmail_token",
+        (
+            # Set when Google answers invalid_grant; the fingerprint of the credentials refused lets a
+            # row that someone has since rewritten with a new token count as usable again.
+            "ALTER TABLE gmail_token ADD COLUMN IF NOT EXISTS reauth_required_at TIMESTAMP",
+            "ALTER TABLE gmail_token ADD COLUMN IF NOT EXISTS reauth_reason VARCHAR(64)",
+            "ALTER TABLE gmail_token ADD COLUMN IF NOT EXISTS reauth_fingerprint CHAR(64)",
+        ),
+    ),
+    Migration(
+        3,
+        "indexes for the per-call lookup and the scheduled refresh",
+        (
+            # CONCURRENTLY: the table is live and shared; a plain CREATE INDEX would block its writers.
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS gmail_token_equipped_user_idx "
+            "ON gmail_token (user_id, updated_at DESC) WHERE is_equipped",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS gmail_token_equipped_expiry_idx "
+            "ON gmail_token (expiry) WHERE is_equipped",
+        ),
+        transactional=False,
+    ),
+    Migration(
+        4,
+        "audit log",
+        (
+            """
+            CREATE TABLE IF NOT EXISTS gmail_audit_logs (
+                id BIGSERIAL PRIMARY KEY,
+                created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                user_id VARCHAR(100),
+                robeing_id VARCHAR(50),
+                action VARCHAR(32) NOT NULL,
+                status VARCHAR(16) NOT NULL,
+                http_status INTEGER NOT NULL,
+                gmail_message_id VARCHAR(64),
+                gmail_thread_id VARCHAR(64),
+                error_code VARCHAR(64),
+                duration_ms INTEGER NOT NULL,
+                gmail_calls INTEGER NOT NULL DEFAULT 0,
+                result_count INTEGER,
+                trace_id VARCHAR(128)
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS gmail_audit_logs_user_created_idx "
+            "ON gmail_audit_logs (user_id, created_at DESC)",
+        ),
+    ),
+    Migration(
+        5,
+        "idempotency records",
+        (
+            """
+            CREATE TABLE IF NOT EXISTS gmail_idempotency (
+                user_id VARCHAR(100) NOT NULL,
+                idempotency_key VARCHAR(255) NOT NULL,
+                fingerprint CHAR(64) NOT NULL,
+                state VARCHAR(16) NOT NULL,
+                response_status INTEGER,
+                response_body JSONB,
+                message_id VARCHAR(255),
+                created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                updated_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                expires_at TIMESTAMP NOT NULL,
+                PRIMARY KEY (user_id, idempotency_key)
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS gmail_idempotency_expires_idx ON gmail_idempotency (expires_at)",
+        ),
+    ),
+)
+
+_LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS skill_email_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')
+)
+"""
+
+
+def migrate(conn: Connection) -> list[int]:
+    """Applies every migration not yet recorded; returns the versions applied now.
+
+    Each statement is idempotent on its own, so a migration interrupted half way is simply run again.
+    """
+    applied_now: list[int] = []
+    conn.run("SELECT pg_advisory_lock(:key)", key=MIGRATION_LOCK_KEY)
+    try:
+        conn.run(_LEDGER_DDL)
+        done = {row["version"] for row in conn.run("SELECT version FROM skill_email_migrations")}
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            logger.info("applying migration %d: %s", migration.version, migration.name)
+            if migration.transactional:
+                with conn.transaction():
+                    for statement in migration.statements:
+                        conn.run(statement)
+                    _record(conn, migration)
+            else:
+                for statement in migration.statements:
+                    conn.run(statement)
+                _record(conn, migration)
+            applied_now.append(migration.version)
+    finally:
+        conn.run("SELECT pg_advisory_unlock(:key)", key=MIGRATION_LOCK_KEY)
+    return applied_now
+
+
+def _record(conn: Connection, migration: Migration) -> None:
+    conn.run(
+        "INSERT INTO skill_email_migrations (version, name) VALUES (:version, :name) ON CONFLICT DO NOTHING",
+        version=migration.version,
+        name=migration.name,
+    )

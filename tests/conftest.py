@@ -1,0 +1,256 @@
+"""Fixtures: a real PostgreSQL (embedded, or ``TEST_DATABASE_URL``), fake Google servers on loopback,
+functions served through functions-framework, and a guard that no secret ever reaches a log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from devtools.embedded_pg import DEFAULT_PASSWORD, EmbeddedPostgres
+from shared import config, db, logs, schema, tokens
+from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATABASE = "skill_email_test"
+
+# Every secret value a test creates is registered here; the log guard fails a test whose log lines
+# contain any of them.
+SECRET_VALUES: set[str] = {DEFAULT_PASSWORD, DEFAULT_CLIENT_SECRET}
+
+
+def secret(prefix: str) -> str:
+    """A unique secret-looking value, registered with the log guard."""
+    value = f"{prefix}-{uuid.uuid4().hex}"
+    SECRET_VALUES.add(value)
+    return value
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A URL with the right to create databases: TEST_DATABASE_URL, or an embedded server's."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="skill-email-test-")) / "pgdata"
+    server = EmbeddedPostgres(data_dir, durable=False).start()
+    try:
+        yield server.tcp_url()
+    finally:
+        server.destroy()
+
+
+def create_database(admin_url: str, name: str) -> str:
+    """Drops and creates database ``name``; returns its URL."""
+    with db.connection(db.parse_database_url(admin_url)) as conn:
+        conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.run(f'CREATE DATABASE "{name}"')
+    return _with_database(admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def migrated_url(pg_admin_url: str) -> str:
+    """The suite's database, migrated once."""
+    url = create_database(pg_admin_url, TEST_DATABASE)
+    with db.connection(db.parse_database_url(url)) as conn:
+        schema.migrate(conn)
+    return url
+
+
+@pytest.fixture
+def database_url(migrated_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An empty, migrated database for this test, set as DATABASE_URL."""
+    with db.connection(db.parse_database_url(migrated_url)) as conn:
+        conn.run("TRUNCATE gmail_token, gmail_audit_logs, gmail_idempotency RESTART IDENTITY")
+    monkeypatch.setenv("DATABASE_URL", migrated_url)
+    return migrated_url
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[db.Connection]:
+    """A connection to this test's database, for seeding and checking rows."""
+    with db.connection(db.parse_database_url(database_url)) as connection:
+        yield connection
+
+
+def insert_row(
+    conn: db.Connection,
+    user_id: str,
+    *,
+    token_data: Any = None,
+    oauth_config: Any = "default",
+    scopes: list[str] | None = None,
+    expiry: datetime | None = None,
+    is_equipped: bool | None = True,
+    equipped_to: str | None = None,
+    updated_at: datetime | None = None,
+    metadata: Any = None,
+) -> int:
+    """Inserts a ``gmail_token`` row exactly as given (messy shapes included); returns its id."""
+    if oauth_config == "default":
+        oauth_config = {"client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET}
+    row = conn.one(
+        "INSERT INTO gmail_token (user_id, robeing_id, token_data, oauth_config, scopes, metadata, expiry, "
+        "is_equipped, equipped_to, updated_at) VALUES (:user_id, :equipped_to, CAST(:token_data AS JSONB), "
+        "CAST(:oauth_config AS JSONB), CAST(:scopes AS TEXT[]), CAST(:metadata AS JSONB), :expiry, "
+        ":is_equipped, :equipped_to, COALESCE(:updated_at, now() AT TIME ZONE 'UTC')) RETURNING id",
+        user_id=user_id,
+        token_data=json.dumps(token_data) if token_data is not None else None,
+        oauth_config=json.dumps(oauth_config) if oauth_config is not None else None,
+        scopes=scopes,
+        metadata=json.dumps(metadata) if metadata is not None else None,
+        expiry=expiry,
+        is_equipped=is_equipped,
+        equipped_to=equipped_to,
+        updated_at=updated_at,
+    )
+    assert row is not None
+    return int(row["id"])
+
+
+def row(conn: db.Connection, row_id: int) -> dict[str, Any]:
+    """One ``gmail_token`` row as stored."""
+    found = conn.one("SELECT * FROM gmail_token WHERE id = :id", id=row_id)
+    assert found is not None
+    return found
+
+
+def utc_in(seconds: float) -> datetime:
+    """Naive UTC ``seconds`` from now, as the ``expiry`` column holds it."""
+    return datetime.utcnow() + timedelta(seconds=seconds)
+
+
+# -- Google fakes ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def token_endpoint() -> Iterator[FakeTokenEndpoint]:
+    """Google's token endpoint on loopback."""
+    with FakeTokenEndpoint() as fake:
+        yield fake
+        SECRET_VALUES.update(fake.issued_access_tokens)
+        SECRET_VALUES.update(fake.refresh_tokens)
+
+
+@pytest.fixture
+def user_token(conn: db.Connection, token_endpoint: FakeTokenEndpoint) -> Callable[..., int]:
+    """Stores an equipped token for a user whose refresh token the fake endpoint accepts."""
+
+    def make(
+        user_id: str,
+        *,
+        expires_in: float = -60,
+        equipped_to: str | None = None,
+        legacy_key: bool = False,
+        refresh_token: str | None = None,
+        **extra: Any,
+    ) -> int:
+        refresh = refresh_token or secret("1//refresh")
+        token_endpoint.add_refresh_token(refresh)
+        access = secret("ya29.access")
+        token_data = {
+            "token" if legacy_key else "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+        }
+        oauth_config = {
+            "client_id": DEFAULT_CLIENT_ID,
+            "client_secret": DEFAULT_CLIENT_SECRET,
+            "token_uri": f"{token_endpoint.url}/token",
+        }
+        return insert_row(
+            conn,
+            user_id,
+            token_data=token_data,
+            oauth_config=oauth_config,
+            expiry=utc_in(expires_in),
+            equipped_to=equipped_to,
+            scopes=["https://www.googleapis.com/auth/gmail.send"],
+            **extra,
+        )
+
+    return make
+
+
+# -- functions through functions-framework -----------------------------------------------------------
+
+
+@pytest.fixture
+def client() -> Callable[[str], Any]:
+    """``client("token_status")``: a Flask test client of that target, built by functions-framework."""
+    import functions_framework
+
+    def make(target: str) -> Any:
+        app = functions_framework.create_app(target=target, source=str(ROOT / "main.py"))
+        return app.test_client()
+
+    return make
+
+
+# -- isolation and the log guard -----------------------------------------------------------------------
+
+
+class _CaptureHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(logs.JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
+    """Restores the environment and per-instance caches; fails the test if a secret reached a log line."""
+    for name in (
+        config.DATABASE_URL,
+        config.DB_URL_SECRET,
+        config.SECRET_MANAGER_ENDPOINT,
+        config.TOKEN_PROVIDER,
+        config.TOKEN_DIR,
+        config.TOKEN_KEY_SECRET,
+        config.TOKEN_KEYS,
+        config.GMAIL_API_ENDPOINT,
+        config.GOOGLE_CLOUD_PROJECT,
+    ):
+        monkeypatch.delenv(name, raising=False)
+    config.secrets.clear()
+    tokens._cipher_cache.clear()
+    handler = _CaptureHandler()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous_level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        config.secrets.clear()
+    leaked = [(value, line) for line in handler.lines for value in SECRET_VALUES if value and value in line]
+    assert not leaked, f"a secret reached a log line: {leaked[0][1][:300]}"
+
+
+@pytest.fixture
+def log_lines(isolated: _CaptureHandler) -> list[str]:
+    """The JSON log lines this test produced so far."""
+    return isolated.lines
