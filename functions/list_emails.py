@@ -1,18 +1,14 @@
-"""list_emails: list and search the user's messages."""
+"""list_emails: list and search the user's messages, with decoded headers and optionally bodies."""
 
 from typing import Any
 
 import flask
 
-from shared import web
-from shared.errors import SkillEmailError
-
-
-class NotImplementedYet(SkillEmailError):
-    status = 501
-    code = "not_implemented"
+from shared import mail, params, web
 
 
 @web.http_function("list_emails", ("GET", "POST"))
 def list_emails(request: flask.Request, log: dict[str, Any]) -> Any:
-    raise NotImplementedYet("list_emails is not built yet")
+    args = params.parse(request, mail.LIST_FIELDS)
+    log.update(user_id=args["user_id"], robeing_id=args["robeing_id"])
+    return mail.list_emails(args, log)

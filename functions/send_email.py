@@ -4,15 +4,11 @@ from typing import Any
 
 import flask
 
-from shared import web
-from shared.errors import SkillEmailError
-
-
-class NotImplementedYet(SkillEmailError):
-    status = 501
-    code = "not_implemented"
+from shared import idempotency, mail, params, web
 
 
 @web.http_function("send_email", ("POST",))
 def send_email(request: flask.Request, log: dict[str, Any]) -> Any:
-    raise NotImplementedYet("send_email is not built yet")
+    args = params.parse(request, mail.SEND_FIELDS, max_body=params.MAX_SEND_BODY_BYTES)
+    log.update(user_id=args["user_id"], robeing_id=args["robeing_id"])
+    return mail.send_email(args, request.headers.get(idempotency.KEY_HEADER), log)

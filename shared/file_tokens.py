@@ -124,6 +124,10 @@ class FileTokenStore:
             self._write(path, data)
             return self._record(user_id, data)
 
+    def refresh_record(self, record: TokenRecord, stale_access_token: str | None) -> TokenRecord:
+        """Refreshes the token a call is using because it expired or Gmail refused it."""
+        return self.refresh(record.user_id, force=False, stale_access_token=stale_access_token)
+
     def refresh_user(self, user_id: str, robeing_id: str | None = None) -> RefreshSummary:
         """Refreshes the user's token now, whatever its expiry."""
         self.refresh(user_id, force=True)

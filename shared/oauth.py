@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,10 +11,10 @@ from typing import Any
 
 import google.auth.exceptions
 import google.auth.transport.requests
-import requests
 from google.oauth2.credentials import Credentials
 
 from shared.errors import ReauthRequired, Unavailable, UpstreamError
+from shared.transport import http_session
 
 logger = logging.getLogger(__name__)
 
@@ -26,24 +25,6 @@ TOKEN_TIMEOUT_S = (3.05, 10.0)
 # Worst case: 3 attempts x (3 + 10) s + 1.5 s, under the functions' 60 s timeout.
 TRANSPORT_ATTEMPTS = 3
 TRANSPORT_BACKOFF_S = 0.5
-
-_session: requests.Session | None = None
-_session_lock = threading.Lock()
-
-
-def http_session() -> requests.Session:
-    """The instance's one ``requests.Session``: a new TLS session to Google costs ~21 ms."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            session = requests.Session()
-            # Enough pooled connections for the scheduled run's workers to reuse theirs.
-            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            _session = session
-        return _session
-
 
 class _BoundedRequest(google.auth.transport.requests.Request):
     """google-auth's transport with our timeout: its default waits 120 s for the token endpoint."""

@@ -372,6 +372,11 @@ class DatabaseTokenStore:
         )
         logger.warning("token needs re-authorisation", extra={"fields": {"row_id": row_id, "reason": reason}})
 
+    def refresh_record(self, record: TokenRecord, stale_access_token: str | None) -> TokenRecord:
+        """Refreshes the token a call is using because it expired or Gmail refused it."""
+        assert record.row_id is not None
+        return self.refresh_row(record.row_id, force=False, stale_access_token=stale_access_token)
+
     def refresh_user(self, user_id: str, robeing_id: str | None = None) -> RefreshSummary:
         """Refreshes the user's token now, whatever its expiry (``refresh_tokens`` with a user_id)."""
         record = self.find(user_id, robeing_id)

@@ -1,0 +1,263 @@
+"""send_email and list_emails: the token store, the Gmail client, MIME, idempotency and audit, together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shared import audit, config, idempotency, logs, mime, provider
+from shared.errors import SkillEmailError, Unavailable
+from shared.gmail import METADATA_HEADERS, GmailClient, SendOutcomeUnknown, StoreCredentials
+from shared.params import USER_FIELDS, Field
+
+logger = logging.getLogger(__name__)
+
+MAIL_FIELDS = ("to", "cc", "bcc", "subject", "body", "html", "attachments", "from_name", "reply_to")
+SEND_FIELDS: dict[str, Field] = {
+    **USER_FIELDS,
+    **{name: Field("any", required=name == "to", query_ok=False) for name in MAIL_FIELDS},
+    "reply_to_message_id": Field("str", min_length=1, max_length=256),
+    "thread_id": Field("str", min_length=1, max_length=256),
+}
+LIST_FIELDS: dict[str, Field] = {
+    **USER_FIELDS,
+    "q": Field("str", max_length=2048),
+    "label_ids": Field("str_list", max_length=50),
+    "max_results": Field("int", minimum=1, maximum=500, default=20),
+    "page_token": Field("str", min_length=1, max_length=1024),
+    "include_body": Field("bool", default=False),
+    "include_spam_trash": Field("bool", default=False),
+}
+REPLY_HEADERS = ("Message-ID", "References", "Subject")
+# Gmail indexes a just-sent message for search within a second or two; waiting this long before
+# the rfc822msgid: check makes "not found" mean something.
+UNKNOWN_OUTCOME_WAIT_S = 2.0
+# The mailbox address changes only when a person reconnects another account; Gmail rewrites a From
+# that is not the account's own anyway, so a short cache is safe and saves a round trip per send.
+SENDER_CACHE_S = 600.0
+
+_senders: dict[tuple[str, int | None], tuple[str, float]] = {}
+_senders_lock = threading.Lock()
+
+
+@dataclass
+class CallLog:
+    """What a request did, for its log line and its audit row."""
+
+    fields: dict[str, Any]
+    started: float = field(default_factory=time.monotonic)
+
+    def duration_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+
+@contextmanager
+def _gmail(
+    session: provider.Session, user_id: str, robeing_id: str | None, log: dict[str, Any]
+) -> Iterator[tuple[GmailClient, provider.TokenRecord]]:
+    record = session.store.usable(user_id, robeing_id)
+
+    def refresh(stale: str | None) -> tuple[str | None, datetime | None]:
+        nonlocal record
+        record = session.store.refresh_record(record, stale)
+        return record.access_token, record.expiry
+
+    credentials = StoreCredentials(record.access_token, record.expiry, refresh)
+    client = GmailClient(config.load_settings().gmail_api_endpoint, credentials)
+    try:
+        yield client, record
+    finally:
+        log["gmail_calls"] = client.calls
+
+
+def _audit(
+    session: provider.Session,
+    args: dict[str, Any],
+    action: str,
+    call: CallLog,
+    *,
+    http_status: int,
+    error_code: str | None = None,
+    **extra: Any,
+) -> None:
+    if session.conn is None:
+        return
+    audit.record(
+        session.conn,
+        user_id=args.get("user_id"),
+        robeing_id=args.get("robeing_id"),
+        action=action,
+        status="OK" if http_status < 400 else "ERROR",
+        http_status=http_status,
+        duration_ms=call.duration_ms(),
+        gmail_calls=int(call.fields.get("gmail_calls", 0)),
+        error_code=error_code,
+        trace_id=call.fields.get("trace"),
+        **extra,
+    )
+
+
+def _trace_id() -> str | None:
+    context = logs.request_context.get() or {}
+    trace = context.get("logging.googleapis.com/trace")
+    return str(trace).rsplit("/", 1)[-1] if trace else None
+
+
+def _sender(client: GmailClient, record: provider.TokenRecord) -> str:
+    key = (record.user_id, record.row_id)
+    now = time.monotonic()
+    with _senders_lock:
+        cached = _senders.get(key)
+    if cached and cached[1] > now:
+        return cached[0]
+    address = client.email_address()
+    with _senders_lock:
+        _senders[key] = (address, now + SENDER_CACHE_S)
+    return address
+
+
+def send_email(args: dict[str, Any], idempotency_key: str | None, log: dict[str, Any]) -> dict[str, Any]:
+    """Sends a message from the user's mailbox; see CONTRACT.md, send_email."""
+    mail = mime.parse_outgoing({name: args[name] for name in MAIL_FIELDS if args.get(name) is not None})
+    key = idempotency.validate_key(idempotency_key)
+    call = CallLog(log)
+    with provider.open_session() as session:
+        if key is not None and session.conn is None:
+            raise Unavailable("Idempotency-Key needs the database (set DATABASE_URL or DB_URL_SECRET)")
+        claimed = False
+        try:
+            with _gmail(session, args["user_id"], args["robeing_id"], log) as (client, record):
+                sender = _sender(client, record)
+                message_id = mime.new_message_id(sender.rpartition("@")[2] or "skill-email.local")
+                if key is not None:
+                    assert session.conn is not None
+                    claim = idempotency.claim(
+                        session.conn,
+                        args["user_id"],
+                        key,
+                        idempotency.fingerprint(args),
+                        message_id=message_id,
+                    )
+                    if claim.replay is not None:
+                        log["idempotent_replay"] = True
+                        _audit(
+                            session,
+                            args,
+                            "SEND_REPLAY",
+                            call,
+                            http_status=claim.replay_status or 200,
+                            gmail_message_id=claim.replay.get("id"),
+                        )
+                        return claim.replay
+                    claimed = True
+                    if claim.resume_message_id:
+                        message_id = claim.resume_message_id
+                        earlier = client.find_by_message_id(message_id)
+                        if earlier is not None:
+                            return _finish_send(session, args, key, call, earlier, log)
+                result = _send(client, mail, sender, message_id, args)
+            return _finish_send(session, args, key, call, result, log)
+        except SkillEmailError as exc:
+            if claimed and session.conn is not None and key is not None:
+                idempotency.release(
+                    session.conn, args["user_id"], key, maybe_sent=bool(exc.details.get("maybe_sent"))
+                )
+            _audit(session, args, "SEND", call, http_status=exc.status, error_code=exc.code)
+            raise
+        except Exception:
+            if claimed and session.conn is not None and key is not None:
+                idempotency.release(session.conn, args["user_id"], key, maybe_sent=True)
+            raise
+
+
+def _send(
+    client: GmailClient, mail: mime.OutgoingMail, sender: str, message_id: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    reply = None
+    if args.get("reply_to_message_id"):
+        original = client.get_message(args["reply_to_message_id"], fmt="metadata", headers=REPLY_HEADERS)
+        reply = mime.reply_context_from_gmail(original)
+    thread_id = args.get("thread_id") or (reply.thread_id if reply else None)
+    raw = mime.to_raw(mime.build_message(mail, sender, message_id=message_id, reply=reply))
+    try:
+        return client.send(raw, thread_id)
+    except SendOutcomeUnknown as exc:
+        # Gmail may have sent it. Look for our Message-ID before saying anything; never re-post blindly.
+        time.sleep(UNKNOWN_OUTCOME_WAIT_S)
+        found = client.find_by_message_id(message_id)
+        if found is not None:
+            logger.info("send outcome confirmed by Message-ID search after: %s", exc)
+            return found
+        logger.warning("send outcome unknown: %s; not re-sent", exc)
+        raise Unavailable(
+            "Gmail did not confirm the send and the message is not in the mailbox yet; it may still "
+            "arrive. Retry with the same Idempotency-Key to have this checked again before any resend",
+            message_id=message_id,
+            maybe_sent=True,
+        ) from exc
+
+
+def _finish_send(
+    session: provider.Session,
+    args: dict[str, Any],
+    key: str | None,
+    call: CallLog,
+    result: dict[str, Any],
+    log: dict[str, Any],
+) -> dict[str, Any]:
+    body = {
+        "id": result.get("id"),
+        "thread_id": result.get("threadId"),
+        "label_ids": list(result.get("labelIds") or []),
+    }
+    if key is not None and session.conn is not None:
+        idempotency.complete(session.conn, args["user_id"], key, status=200, body=body)
+    log["gmail_message_id"] = body["id"]
+    _audit(
+        session,
+        args,
+        "SEND",
+        call,
+        http_status=200,
+        gmail_message_id=body["id"],
+        gmail_thread_id=body["thread_id"],
+    )
+    return body
+
+
+def list_emails(args: dict[str, Any], log: dict[str, Any]) -> dict[str, Any]:
+    """Lists or searches the user's messages; see CONTRACT.md, list_emails."""
+    call = CallLog(log)
+    with provider.open_session() as session:
+        try:
+            with _gmail(session, args["user_id"], args["robeing_id"], log) as (client, _record):
+                listed = client.list_messages(
+                    q=args["q"],
+                    label_ids=args["label_ids"],
+                    max_results=args["max_results"],
+                    page_token=args["page_token"],
+                    include_spam_trash=args["include_spam_trash"],
+                )
+                ids = [str(item["id"]) for item in listed.get("messages") or [] if item.get("id")]
+                fmt = "full" if args["include_body"] else "metadata"
+                resources = client.get_messages(ids, fmt=fmt, headers=METADATA_HEADERS) if ids else []
+            messages = [
+                mime.parse_gmail_message(resource, include_body=args["include_body"])
+                for resource in resources
+            ]
+        except SkillEmailError as exc:
+            _audit(session, args, "LIST", call, http_status=exc.status, error_code=exc.code)
+            raise
+        log["result_count"] = len(messages)
+        _audit(session, args, "LIST", call, http_status=200, result_count=len(messages))
+        return {
+            "messages": messages,
+            "next_page_token": listed.get("nextPageToken") or None,
+            "result_size_estimate": int(listed.get("resultSizeEstimate") or 0),
+        }
