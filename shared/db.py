@@ -281,4 +281,5 @@ def _wrap_database_error(exc: DatabaseError) -> Exception:
         )
     else:
         logger.error("database error: %s", _describe(exc))
-    return Internal("database error")
+    # The SQLSTATE is not secret and lets a caller tell, say, a unique violation from a bug.
+    return Internal("database error", sqlstate=code)
