@@ -44,7 +44,9 @@ MAX_LOCAL_PART_CHARS = 64
 # RFC 5322 forbids lines longer than 998 octets; a longer text line forces base64.
 _MAX_7BIT_LINE = 998
 
-_MAIL_FIELDS = frozenset({"to", "cc", "bcc", "subject", "body", "html", "attachments", "from_name", "reply_to"})
+_MAIL_FIELDS = frozenset(
+    {"to", "cc", "bcc", "subject", "body", "html", "attachments", "from_name", "reply_to"}
+)
 _ATTACHMENT_FIELDS = frozenset({"filename", "content", "mime_type"})
 
 _CR_LF = re.compile(r"[\r\n]")
@@ -105,7 +107,9 @@ _CHARSET_SUPERSETS = {
     "l1": "cp1252",
 }
 # Codecs Python finds by a charset name that are not charsets: they would interpret the bytes.
-_NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined", "mbcs", "oem"})
+_NOT_CHARSETS = frozenset(
+    {"unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined", "mbcs", "oem"}
+)
 
 # Policy for the wire: CRLF as RFC 5322 wants, and 7bit so that anything not ASCII fails loudly.
 _WIRE_POLICY = policy.SMTP.clone(cte_type="7bit")
@@ -229,7 +233,9 @@ def _check_header_chars(value: str, field: str) -> None:
         raise errors.InvalidArgument(f"{field}: must not contain CR or LF")
     match = _HEADER_CONTROLS.search(value)
     if match:
-        raise errors.InvalidArgument(f"{field}: must not contain control character U+{ord(match.group()):04X}")
+        raise errors.InvalidArgument(
+            f"{field}: must not contain control character U+{ord(match.group()):04X}"
+        )
 
 
 def _header_text(value: object, field: str) -> str:
@@ -250,9 +256,13 @@ def _parse_recipients(value: object, field: str) -> tuple[str, ...]:
         items = value
         names = [f"{field}[{index}]" for index in range(len(value))]
     else:
-        raise errors.InvalidArgument(f"{field}: must be a string or a list of strings, not {_type_name(value)}")
+        raise errors.InvalidArgument(
+            f"{field}: must be a string or a list of strings, not {_type_name(value)}"
+        )
     if len(items) > MAX_RECIPIENTS:
-        raise errors.InvalidArgument(f"{field}: {len(items)} recipients; Gmail accepts at most {MAX_RECIPIENTS}")
+        raise errors.InvalidArgument(
+            f"{field}: {len(items)} recipients; Gmail accepts at most {MAX_RECIPIENTS}"
+        )
     return tuple(_format_address(_parse_address(item, name)) for item, name in zip(items, names, strict=True))
 
 
@@ -336,7 +346,9 @@ def _parse_attachments(value: object) -> tuple[Attachment, ...]:
 
 
 def _too_large() -> errors.PayloadTooLarge:
-    return errors.PayloadTooLarge(f"attachments: more than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB decoded")
+    return errors.PayloadTooLarge(
+        f"attachments: more than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB decoded"
+    )
 
 
 def _attachment_filename(value: object, field: str) -> str:
@@ -732,7 +744,9 @@ def parse_gmail_message(resource: Mapping[str, object], *, include_body: bool) -
     message: dict[str, object] = {
         "id": _str_or_none(resource.get("id")),
         "thread_id": _str_or_none(resource.get("threadId")),
-        "label_ids": [label for label in label_ids if isinstance(label, str)] if isinstance(label_ids, list) else [],
+        "label_ids": [label for label in label_ids if isinstance(label, str)]
+        if isinstance(label_ids, list)
+        else [],
         "snippet": html.unescape(snippet) if isinstance(snippet, str) else "",
         "from": _decoded(headers.get("from")),
         "to": _decoded(headers.get("to")),
@@ -946,7 +960,9 @@ def _walk_parts(part: Mapping[str, object], depth: int = 0) -> Iterator[tuple[Ma
         return
     mime_type = _part_mime_type(part)
     children = part.get("parts")
-    child_parts = [child for child in children if isinstance(child, Mapping)] if isinstance(children, list) else []
+    child_parts = (
+        [child for child in children if isinstance(child, Mapping)] if isinstance(children, list) else []
+    )
     if not mime_type.startswith("multipart/"):
         is_attachment = _is_attachment(part)
         yield part, is_attachment
