@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 SEND = "send"
 LIST = "list"
+# A repeat answered from the Idempotency-Key record: nothing was sent.
+SEND_REPLAY = "send_replay"
 OK = "ok"
 ERROR = "error"
 

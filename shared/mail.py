@@ -13,7 +13,7 @@ from typing import Any
 
 from shared import audit, config, idempotency, logs, mime, provider
 from shared.errors import SkillEmailError, Unavailable
-from shared.gmail import METADATA_HEADERS, GmailClient, SendOutcomeUnknown, StoreCredentials
+from shared.gmail import GmailClient, SendOutcomeUnknown, StoreCredentials
 from shared.params import USER_FIELDS, Field
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _audit(
         user_id=args.get("user_id"),
         robeing_id=args.get("robeing_id"),
         action=action,
-        status="OK" if http_status < 400 else "ERROR",
+        status=audit.OK if http_status < 400 else audit.ERROR,
         http_status=http_status,
         duration_ms=call.duration_ms(),
         gmail_calls=int(call.fields.get("gmail_calls", 0)),
@@ -149,7 +149,7 @@ def send_email(args: dict[str, Any], idempotency_key: str | None, log: dict[str,
                         _audit(
                             session,
                             args,
-                            "SEND_REPLAY",
+                            audit.SEND_REPLAY,
                             call,
                             http_status=claim.replay_status or 200,
                             gmail_message_id=claim.replay.get("id"),
@@ -168,7 +168,7 @@ def send_email(args: dict[str, Any], idempotency_key: str | None, log: dict[str,
                 idempotency.release(
                     session.conn, args["user_id"], key, maybe_sent=bool(exc.details.get("maybe_sent"))
                 )
-            _audit(session, args, "SEND", call, http_status=exc.status, error_code=exc.code)
+            _audit(session, args, audit.SEND, call, http_status=exc.status, error_code=exc.code)
             raise
         except Exception:
             if claimed and session.conn is not None and key is not None:
@@ -222,7 +222,7 @@ def _finish_send(
     _audit(
         session,
         args,
-        "SEND",
+        audit.SEND,
         call,
         http_status=200,
         gmail_message_id=body["id"],
@@ -245,17 +245,18 @@ def list_emails(args: dict[str, Any], log: dict[str, Any]) -> dict[str, Any]:
                     include_spam_trash=args["include_spam_trash"],
                 )
                 ids = [str(item["id"]) for item in listed.get("messages") or [] if item.get("id")]
-                fmt = "full" if args["include_body"] else "metadata"
-                resources = client.get_messages(ids, fmt=fmt, headers=METADATA_HEADERS) if ids else []
+                # format=full even without bodies: only it describes the MIME parts, so only it can
+                # list attachments; the bodies it carries are dropped unless include_body.
+                resources = client.get_messages(ids, fmt="full") if ids else []
             messages = [
                 mime.parse_gmail_message(resource, include_body=args["include_body"])
                 for resource in resources
             ]
         except SkillEmailError as exc:
-            _audit(session, args, "LIST", call, http_status=exc.status, error_code=exc.code)
+            _audit(session, args, audit.LIST, call, http_status=exc.status, error_code=exc.code)
             raise
         log["result_count"] = len(messages)
-        _audit(session, args, "LIST", call, http_status=200, result_count=len(messages))
+        _audit(session, args, audit.LIST, call, http_status=200, result_count=len(messages))
         return {
             "messages": messages,
             "next_page_token": listed.get("nextPageToken") or None,

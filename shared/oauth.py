@@ -26,6 +26,7 @@ TOKEN_TIMEOUT_S = (3.05, 10.0)
 TRANSPORT_ATTEMPTS = 3
 TRANSPORT_BACKOFF_S = 0.5
 
+
 class _BoundedRequest(google.auth.transport.requests.Request):
     """google-auth's transport with our timeout: its default waits 120 s for the token endpoint."""
 
