@@ -206,8 +206,9 @@ split_secret() {
 # Connections: every in-flight request holds at most one database connection (shared/ opens one per
 # request or pools at most as many as the instance's concurrency), so a function can hold
 # max-instances x concurrency connections. The --db-connections budget is split:
-#   refresh_tokens  2 fixed = 2 instances x concurrency 1: the scheduled run is one long request; a
-#                   second instance keeps a per-user refresh from waiting behind it.
+#   refresh_tokens  a quarter (at least 2) = 2 instances x concurrency 1. The scheduled run is one
+#                   long request whose REFRESH_CONCURRENCY workers each hold a connection: it gets the
+#                   share less one; the one left serves a per-user refresh on the second instance.
 #   the rest        send_email 2/5, list_emails 2/5, token_status what remains (>= 1/5).
 # Each share is then cut into instances x concurrency with the concurrency between half of the
 # function's ceiling (send/list 4, token_status 8) and the ceiling, choosing the pair that uses most of
@@ -223,7 +224,9 @@ spec() {
     CPU=1
 }
 
-readonly REFRESH_SHARE=2
+REFRESH_SHARE=$((DB_CONNECTIONS / 4))
+[ "$REFRESH_SHARE" -ge 2 ] || REFRESH_SHARE=2
+readonly REFRESH_SHARE
 readonly MIN_CONNECTIONS=$((REFRESH_SHARE + 3))
 if [ "$DB_CONNECTIONS" -lt "$MIN_CONNECTIONS" ]; then
     die "--db-connections $DB_CONNECTIONS is too small: the four functions need at least $MIN_CONNECTIONS" \
@@ -244,6 +247,10 @@ plan() {
     local share c best=0
     spec "$1"
     share="$(share_of "$1")"
+    if [ "$1" = refresh_tokens ]; then
+        INSTANCES=2 CONCURRENCY=1
+        return
+    fi
     if [ "$share" -lt $(((CONC_MAX + 1) / 2)) ]; then
         INSTANCES=1 CONCURRENCY="$share"
         return
@@ -258,9 +265,11 @@ plan() {
 total=0
 for t in $ALL_TARGETS; do
     plan "$t"
-    total=$((total + INSTANCES * CONCURRENCY))
+    used=$((INSTANCES * CONCURRENCY))
+    [ "$t" != refresh_tokens ] || used=$REFRESH_SHARE
+    total=$((total + used))
     log "$t: $MEMORY, $TIMEOUT, max-instances $INSTANCES x concurrency $CONCURRENCY" \
-        "= $((INSTANCES * CONCURRENCY)) connections (share $(share_of "$t"))"
+        "= $used connections (share $(share_of "$t"))"
 done
 [ "$total" -le "$DB_CONNECTIONS" ] || die "bug: the plan uses $total connections, over $DB_CONNECTIONS"
 log "database connections: at most $total of $DB_CONNECTIONS"
@@ -396,6 +405,9 @@ write_env_file() {
         cat "$ENV_FILE"
         printf '\n# Added by deploy.sh for %s:\n' "$1"
         printf 'THREADS: "%s"\n' "$CONCURRENCY"
+        if [ "$1" = refresh_tokens ]; then
+            printf 'REFRESH_CONCURRENCY: "%s"\n' "$((REFRESH_SHARE - 1))"
+        fi
         grep -qE '^GOOGLE_CLOUD_PROJECT:' "$ENV_FILE" || printf 'GOOGLE_CLOUD_PROJECT: "%s"\n' "$PROJECT"
     } >"$out"
     printf '%s' "$out"

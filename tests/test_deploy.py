@@ -152,12 +152,19 @@ def test_env_file_is_env_yaml_plus_threads_and_project(tree: Path, poison_bin: P
 def test_instances_times_concurrency_within_budget(tree: Path, poison_bin: Path, budget: int) -> None:
     deployed = deploys(commands(dry_run(tree, poison_bin, "--db-connections", str(budget)).stdout))
     used = 0
-    for argv in deployed.values():
+    for name, argv in deployed.items():
         instances, concurrency = int(flag(argv, "--max-instances")), int(flag(argv, "--concurrency"))
         assert instances >= 1 and concurrency >= 1
         if concurrency > 1:  # Cloud Run functions refuse concurrency > 1 below one vCPU
             assert float(flag(argv, "--cpu")) >= 1
-        used += instances * concurrency
+        if name == "refresh_tokens":
+            # one scheduled run's workers (one connection each) plus one per-user refresh
+            env = (tree / flag(argv, "--env-vars-file")).read_text()
+            workers = int(env.split('REFRESH_CONCURRENCY: "')[1].split('"')[0])
+            assert workers >= 1
+            used += workers + 1
+        else:
+            used += instances * concurrency
     assert used <= budget
 
 
