@@ -35,10 +35,16 @@ DEFAULT_WINDOW_SECONDS = 900
 MAX_WINDOW_SECONDS = 7 * 24 * 3600
 
 # The credentials Google judged; when they change (a new token was stored), the marker lapses.
-REAUTH_FINGERPRINT_SQL = (
-    "encode(sha256(convert_to(concat_ws('|', token_data->>'refresh_token', "
-    "oauth_config->>'client_id', oauth_config->>'client_secret'), 'UTF8')), 'hex')"
-)
+
+
+def _fingerprint_sql(token_data: str, oauth_config: str) -> str:
+    return (
+        f"encode(sha256(convert_to(concat_ws('|', ({token_data})->>'refresh_token', "
+        f"({oauth_config})->>'client_id', ({oauth_config})->>'client_secret'), 'UTF8')), 'hex')"
+    )
+
+
+REAUTH_FINGERPRINT_SQL = _fingerprint_sql("token_data", "oauth_config")
 NEEDS_REAUTH_SQL = f"(reauth_required_at IS NOT NULL AND reauth_fingerprint = {REAUTH_FINGERPRINT_SQL})"
 
 _COLUMNS = (
@@ -565,3 +571,76 @@ def store_token(
             **params,
         )
         return "inserted"
+
+
+@dataclass
+class ResealCounts:
+    """What ``reseal_rows`` did."""
+
+    rewritten: int = 0
+    unchanged: int = 0
+    busy: int = 0
+
+
+def reseal_rows(
+    conn: db.Connection, cipher: TokenCipher, *, decrypt: bool = False, batch_size: int = 100
+) -> ResealCounts:
+    """Rewrites every row's secret fields under the primary key, or in plaintext with ``decrypt``.
+
+    ``encrypt-tokens``, ``rotate-key`` and ``decrypt-tokens`` are all this: each row in its own short
+    transaction, locked with SKIP LOCKED so a refresh in progress is never waited on (that row counts as
+    busy; run again), ``updated_at`` untouched so "most recently updated wins" keeps its meaning, and the
+    re-authorisation marker carried over to the new ciphertext. Running it again rewrites nothing.
+
+    Raises:
+        DecryptionError: a row holds a value no key in the keyring opens (nothing is written for it).
+    """
+    counts = ResealCounts()
+    last_id = 0
+    new_fingerprint = _fingerprint_sql("CAST(:token_data AS JSONB)", "CAST(:oauth_config AS JSONB)")
+    while True:
+        ids = [
+            row["id"]
+            for row in conn.run(
+                "SELECT id FROM gmail_token WHERE id > :last ORDER BY id LIMIT :limit",
+                last=last_id,
+                limit=batch_size,
+            )
+        ]
+        if not ids:
+            return counts
+        last_id = ids[-1]
+        for row_id in ids:
+            with conn.transaction():
+                row = conn.one(
+                    f"SELECT {_COLUMNS} FROM gmail_token WHERE id = :id FOR UPDATE SKIP LOCKED", id=row_id
+                )
+                if row is None:
+                    counts.busy += 1
+                    continue
+                user_id = str(row["user_id"])
+                token_data = _json_object(row.get("token_data"))
+                oauth_config = (
+                    _json_object(row["oauth_config"]) if row.get("oauth_config") is not None else None
+                )
+                opened_data, opened_config = cipher.open_row(token_data, oauth_config, user_id=user_id)
+                if decrypt:
+                    stored_data, stored_config = opened_data, opened_config
+                elif cipher.row_needs_rewrite(token_data, oauth_config):
+                    stored_data, stored_config = cipher.seal_row(opened_data, opened_config, user_id=user_id)
+                else:
+                    stored_data, stored_config = token_data, oauth_config
+                if (stored_data, stored_config) == (token_data, oauth_config):
+                    counts.unchanged += 1
+                    continue
+                conn.run(
+                    "UPDATE gmail_token SET token_data = CAST(:token_data AS JSONB), "
+                    "oauth_config = CAST(:oauth_config AS JSONB), "
+                    f"reauth_fingerprint = CASE WHEN :needs_reauth THEN {new_fingerprint} "
+                    "ELSE reauth_fingerprint END WHERE id = :id",
+                    token_data=json.dumps(stored_data),
+                    oauth_config=json.dumps(stored_config) if stored_config is not None else None,
+                    needs_reauth=bool(row.get("needs_reauth")),
+                    id=row_id,
+                )
+                counts.rewritten += 1
