@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared import clock, oauth
+from shared import clock
 from shared.config import ConfigError
 from shared.errors import InvalidArgument, NotFound, ReauthRequired, SkillEmailError
 from shared.tokens import RefreshSummary, TokenRecord
@@ -101,6 +101,8 @@ class FileTokenStore:
             replaced = stale_access_token is not None and record.access_token != stale_access_token
             if not force and record.is_fresh() and (stale_access_token is None or replaced):
                 return record
+            from shared import oauth  # imported on first use, as in shared.tokens
+
             try:
                 refreshed = oauth.refresh_access_token(
                     refresh_token=record.refresh_token,

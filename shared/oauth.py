@@ -28,7 +28,7 @@ TRANSPORT_BACKOFF_S = 0.5
 
 
 class _BoundedRequest(google.auth.transport.requests.Request):
-    """google-auth's transport with our timeout: its default waits 120 s for the token endpoint."""
+    """google-auth's transport over the instance's session, with our timeout (its default waits 120 s)."""
 
     def __call__(
         self,
@@ -43,10 +43,21 @@ class _BoundedRequest(google.auth.transport.requests.Request):
             url, method=method, body=body, headers=headers, timeout=TOKEN_TIMEOUT_S, **kwargs
         )
 
+    def __del__(self) -> None:
+        # google-auth's Request closes its session when collected, which would drop the shared pool
+        # (and its TLS sessions) after every refresh; the session belongs to the instance, not to us.
+        pass
+
+
+_request: _BoundedRequest | None = None
+
 
 def auth_request() -> google.auth.transport.Request:
-    """A google-auth transport request over the shared session."""
-    return _BoundedRequest(session=http_session())
+    """The instance's one google-auth transport request, over the shared session."""
+    global _request
+    if _request is None:
+        _request = _BoundedRequest(session=http_session())
+    return _request
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.oauth2.credentials import Credentials
-
-from shared import clock, config, db, oauth
+from shared import clock, config, db
 from shared.config import ConfigError, Settings
 from shared.crypto import KeyringError, TokenCipher, open_row_without_key
 from shared.errors import NotFound, ReauthRequired, SkillEmailError
+
+if TYPE_CHECKING:
+    from google.oauth2.credentials import Credentials
+
+    from shared.oauth import RefreshedToken
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +160,8 @@ class TokenRecord:
 
     def credentials(self) -> Credentials:
         """google-auth credentials for Gmail; expiry naive UTC, as google-auth wants."""
+        from google.oauth2.credentials import Credentials
+
         return Credentials(
             token=self.access_token,
             refresh_token=self.refresh_token,
@@ -179,7 +184,7 @@ class TokenRecord:
             "equipped_to": self.equipped_to,
         }
 
-    def with_refresh(self, refreshed: oauth.RefreshedToken) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def with_refresh(self, refreshed: RefreshedToken) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The row's JSON after a refresh: new access token and expiry, every other key kept."""
         token_data = dict(self.token_data)
         token_data["access_token"] = refreshed.access_token
@@ -340,6 +345,10 @@ class DatabaseTokenStore:
         return record
 
     def _refresh_locked(self, record: TokenRecord) -> TokenRecord:
+        # Imported on the first refresh: google-auth and requests cost ~90 ms of import that an
+        # instance serving only fresh tokens or token_status never pays.
+        from shared import oauth
+
         refreshed = oauth.refresh_access_token(
             refresh_token=record.refresh_token,
             client_id=record.client_id,

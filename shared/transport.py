@@ -9,11 +9,11 @@ for ``messages.send`` means a second copy of the mail.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httplib2
-import requests
-import requests.adapters
+if TYPE_CHECKING:
+    import httplib2
+    import requests
 
 # (connect, read). Gmail answers list/get in well under a second; a 35 MB upload plus Gmail's
 # processing stays under 30 s on any link fast enough to send it within the function timeout.
@@ -28,6 +28,10 @@ def http_session() -> requests.Session:
     global _session
     with _session_lock:
         if _session is None:
+            # Imported here: requests costs ~40 ms of import, which token_status never needs.
+            import requests
+            import requests.adapters
+
             session = requests.Session()
             # Pool sized for the scheduled refresh's workers and a threaded server's requests; no
             # automatic retries (max_retries=0): every retry is ours, capped and explained.
@@ -61,6 +65,8 @@ class RequestsHttp:
         connection_type: Any = None,
         **kwargs: Any,
     ) -> tuple[httplib2.Response, bytes]:
+        import httplib2  # only for its Response type, which googleapiclient reads
+
         self.calls += 1
         response = self.session.request(
             method, uri, data=body, headers=dict(headers or {}), timeout=self.timeout, allow_redirects=False

@@ -85,6 +85,9 @@ def status_line(status: int) -> str:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    # Headers and body go out in two writes: without TCP_NODELAY the body of a kept-alive answer
+    # waits ~40 ms for the client's delayed ACK, which would swamp every latency we measure.
+    disable_nagle_algorithm = True
     """Turns each HTTP request into a `RecordedRequest` and hands it to the owning fake."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, like Google's front ends
