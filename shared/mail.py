@@ -158,7 +158,7 @@ def send_email(args: dict[str, Any], idempotency_key: str | None, log: dict[str,
                     claimed = True
                     if claim.resume_message_id:
                         message_id = claim.resume_message_id
-                        earlier = client.find_by_message_id(message_id)
+                        earlier = _search_sent(client, message_id)
                         if earlier is not None:
                             return _finish_send(session, args, key, call, earlier, log)
                 result = _send(client, mail, sender, message_id, args)
@@ -190,7 +190,7 @@ def _send(
     except SendOutcomeUnknown as exc:
         # Gmail may have sent it. Look for our Message-ID before saying anything; never re-post blindly.
         time.sleep(UNKNOWN_OUTCOME_WAIT_S)
-        found = client.find_by_message_id(message_id)
+        found = _search_sent(client, message_id)
         if found is not None:
             logger.info("send outcome confirmed by Message-ID search after: %s", exc)
             return found
@@ -198,6 +198,19 @@ def _send(
         raise Unavailable(
             "Gmail did not confirm the send and the message is not in the mailbox yet; it may still "
             "arrive. Retry with the same Idempotency-Key to have this checked again before any resend",
+            message_id=message_id,
+            maybe_sent=True,
+        ) from exc
+
+
+def _search_sent(client: GmailClient, message_id: str) -> dict[str, Any] | None:
+    """Looks for our Message-ID; a failed search still leaves the outcome unknown, never "not sent"."""
+    try:
+        return client.find_by_message_id(message_id)
+    except SkillEmailError as exc:
+        raise Unavailable(
+            "Gmail could not be searched for the message, which may have been sent. Retry with the same "
+            "Idempotency-Key to have this checked again before any resend",
             message_id=message_id,
             maybe_sent=True,
         ) from exc
