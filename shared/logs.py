@@ -92,7 +92,12 @@ class JsonFormatter(logging.Formatter):
                 entry[str(name)] = safe_value(str(name), value)
         if record.exc_info:
             entry["stack_trace"] = scrub("".join(traceback.format_exception(*record.exc_info)))
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        line = json.dumps(entry, ensure_ascii=False, default=str)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a bad request: escape rather than lose the line
+            line = json.dumps(entry, default=str)
+        return line
 
 
 _configured = False

@@ -22,14 +22,18 @@ Handler = Callable[[flask.Request, dict[str, Any]], Any]
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
     """A JSON response; non-ASCII text (Korean subjects) is sent as UTF-8, not escaped."""
-    response = flask.Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
-        status=status,
-        mimetype="application/json",
-    )
+    response = flask.Response(_utf8_json(body), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def _utf8_json(body: Any) -> bytes:
+    """JSON as UTF-8; a lone surrogate (echoed from a bad request) falls back to ASCII escapes."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
 def error_response(error: SkillEmailError) -> flask.Response:

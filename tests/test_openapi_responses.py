@@ -1,0 +1,510 @@
+"""Real responses of every target, checked against docs/openapi.yaml.
+
+All four functions-framework apps are mounted on one WSGI app (``/send_email``, ``/list_emails``, ...),
+over the real PostgreSQL and the fake Google servers. Every response a scenario provokes is checked for
+its status (documented for the operation), its content type and its body (the operation's response
+schema, Draft 2020-12, ``$ref``s resolved within the spec, formats checked, and no property the spec
+does not name), and the headers the spec names for it (``Retry-After``, ``Allow``).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import functions_framework
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client, TestResponse
+from werkzeug.wrappers import Response
+
+from shared import gmail as gmail_module
+from shared import mail
+from tests.conftest import insert_row, row
+from tests.fakes.gmail import FakeGmail
+from tests.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_PATH = ROOT / "docs" / "openapi.yaml"
+SPEC_URI = "urn:skill-email:openapi"
+TARGETS = ("send_email", "list_emails", "refresh_tokens", "token_status")
+MAILBOX = "hong.gildong@example.com"
+MiB = 1024 * 1024
+
+
+# -- the functions, all on one WSGI app ---------------------------------------------------------------
+
+
+def _at_root(app: Any) -> Any:
+    """Serves ``/NAME`` as the function's ``/``: the dispatcher leaves PATH_INFO empty, which Flask
+    would answer with a redirect to ``/NAME/``; a deployed function's URL is its root."""
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        environ["PATH_INFO"] = environ.get("PATH_INFO") or "/"
+        return app(environ, start_response)  # type: ignore[no-any-return]
+
+    return wrapped
+
+
+@functools.cache
+def wsgi_app() -> DispatcherMiddleware:
+    """Every target of main.py, built by functions-framework, mounted at ``/<target>``."""
+    source = str(ROOT / "main.py")
+    mounts = {
+        f"/{target}": _at_root(functions_framework.create_app(target=target, source=source))
+        for target in TARGETS
+    }
+    return DispatcherMiddleware(Response("no such target", status=404), mounts)
+
+
+# -- the spec, as a validator ------------------------------------------------------------------------
+
+
+@functools.cache
+def spec() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+    return loaded
+
+
+def _strict(node: Any) -> Any:
+    """A copy of the spec where every object schema that lists its properties allows only those, so
+    a response field the spec does not document fails validation too."""
+    if isinstance(node, dict):
+        copied = {key: _strict(value) for key, value in node.items()}
+        if copied.get("type") == "object" and "properties" in copied:
+            copied.setdefault("additionalProperties", False)
+        return copied
+    if isinstance(node, list):
+        return [_strict(item) for item in node]
+    return node
+
+
+@functools.cache
+def _registry() -> Registry:
+    resource = Resource.from_contents(_strict(copy.deepcopy(spec())), default_specification=DRAFT202012)
+    return Registry().with_resource(SPEC_URI, resource)
+
+
+def _pointer(*parts: str) -> str:
+    return "/" + "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def _resolve(pointer: str) -> tuple[str, Any]:
+    """Follows ``$ref`` chains of non-schema objects (responses, headers); returns (pointer, object)."""
+    node: Any = spec()
+    for part in pointer.lstrip("/").split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    while isinstance(node, dict) and "$ref" in node:
+        pointer = node["$ref"].removeprefix("#")
+        node = spec()
+        for part in pointer.lstrip("/").split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+    return pointer, node
+
+
+def _validator(pointer: str) -> Draft202012Validator:
+    return Draft202012Validator(
+        {"$ref": f"{SPEC_URI}#{pointer}"},
+        registry=_registry(),
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def operations() -> dict[str, tuple[str, str]]:
+    """operationId -> (path, method) for every operation in the spec."""
+    return {
+        op["operationId"]: (path, method)
+        for path, item in spec()["paths"].items()
+        for method, op in item.items()
+    }
+
+
+def documented_statuses(path: str, method: str) -> set[int]:
+    return {int(status) for status in spec()["paths"][path][method]["responses"]}
+
+
+def assert_conforms(response: TestResponse, path: str, method: str) -> Any:
+    """Checks a response against the spec's response for its status; returns the JSON body.
+
+    A 405 answers a method the path does not document, so it is checked against the response every
+    operation of the path documents for 405.
+    """
+    method = method.lower()
+    item = spec()["paths"][path]
+    if method not in item:
+        assert response.status_code == 405, (method, path, response.status_code)
+        method = next(iter(item))
+    status = response.status_code
+    assert status in documented_statuses(path, method), (
+        f"{method.upper()} {path} answered {status}, which the spec does not document: "
+        f"{response.get_data(as_text=True)[:300]}"
+    )
+    response_pointer, documented = _resolve(_pointer("paths", path, method, "responses", str(status)))
+    content = documented.get("content", {})
+    assert response.mimetype in content, (status, response.content_type, sorted(content))
+    body = response.get_json()
+    schema_pointer = response_pointer + _pointer("content", response.mimetype, "schema")
+    errors = sorted(_validator(schema_pointer).iter_errors(body), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(
+        f"{method.upper()} {path} {status}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in errors
+    )
+    for name in documented.get("headers", {}):
+        header_pointer, header = _resolve(response_pointer + _pointer("headers", name))
+        value: Any = response.headers.get(name)
+        assert value is not None or not header.get("required"), f"{status} without the {name} header"
+        if value is None:
+            continue
+        if header["schema"].get("type") == "integer":
+            assert value.isdigit(), f"{name}: {value!r} is not a whole number of seconds"
+            value = int(value)
+        header_errors = list(_validator(header_pointer + "/schema").iter_errors(value))
+        assert not header_errors, f"{name}: {header_errors[0].message}"
+    return body
+
+
+# -- the contract's statuses, operation by operation ------------------------------------------------
+
+# Errors any operation that reaches Gmail can answer (CONTRACT.md, Errors), and those of the others.
+_GMAIL = {200, 400, 401, 403, 404, 405, 429, 500, 502, 503}
+CONTRACT_STATUSES = {
+    "send_email": _GMAIL | {409, 413},
+    "list_emails_get": _GMAIL,
+    "list_emails": _GMAIL,
+    # A refresh answers with the refresh's own error: 401 invalid_grant, 502 an odd answer, 503 the
+    # endpoint failing (google-auth retries its 429s and 5xx into that); it never sees a 403 or a 429.
+    "refresh_tokens": {200, 400, 401, 404, 405, 500, 502, 503},
+    "token_status": {200, 400, 404, 405, 500, 503},
+    "token_status_get": {200, 400, 404, 405, 500, 503},
+}
+
+
+@pytest.mark.parametrize("operation_id", sorted(CONTRACT_STATUSES))
+def test_spec_documents_exactly_the_statuses_each_operation_can_answer(operation_id: str) -> None:
+    path, method = operations()[operation_id]
+    assert documented_statuses(path, method) == CONTRACT_STATUSES[operation_id]
+
+
+def test_every_operation_of_the_spec_is_covered_here() -> None:
+    assert set(operations()) == set(CONTRACT_STATUSES)
+    covered = {(s.operation_id, s.status) for s in SCENARIOS}
+    documented = {
+        (operation_id, status)
+        for operation_id, (path, method) in operations().items()
+        for status in documented_statuses(path, method)
+    }
+    assert documented - covered == set(), "documented statuses no scenario provokes"
+    assert covered - documented == set(), "scenarios whose status the spec does not document"
+
+
+# -- fixtures ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api() -> Client:
+    return Client(wsgi_app())
+
+
+@pytest.fixture
+def gmail(token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGmail]:
+    """FakeGmail trusting the fake token endpoint; retries and waits shortened so failures come fast."""
+    with FakeGmail(email_address=MAILBOX) as fake:
+        fake.trust(token_endpoint)
+        monkeypatch.setenv("GMAIL_API_ENDPOINT", fake.url)
+        monkeypatch.setattr(mail, "_senders", {})
+        monkeypatch.setattr(mail, "UNKNOWN_OUTCOME_WAIT_S", 0.01)
+        monkeypatch.setattr(gmail_module, "BACKOFF_BASE_S", 0.001)
+        yield fake
+
+
+@pytest.fixture
+def alice(user_token: Callable[..., int], conn: Any, gmail: FakeGmail) -> int:
+    """An equipped, unexpired token for "alice" that Gmail accepts; its row id."""
+    row_id = user_token("alice", expires_in=3600, equipped_to="robeing-1")
+    gmail.allow_token(row(conn, row_id)["token_data"]["access_token"])
+    return row_id
+
+
+@pytest.fixture
+def revoked(user_token: Callable[..., int], token_endpoint: FakeTokenEndpoint, gmail: FakeGmail) -> str:
+    """A user "bob" whose access token has expired and whose refresh token Google has revoked."""
+    user_token("bob", expires_in=-60, refresh_token="1//revoked-bob")
+    token_endpoint.revoke("1//revoked-bob")
+    return "bob"
+
+
+@pytest.fixture
+def broken(conn: Any, gmail: FakeGmail) -> str:
+    """A user "carol" whose stored token claims to be encrypted while no key is configured: a 500."""
+    insert_row(conn, "carol", token_data={"access_token": "enc:v1:k1:AAAA", "refresh_token": "r"})
+    return "carol"
+
+
+@pytest.fixture
+def wrong_client(conn: Any, token_endpoint: FakeTokenEndpoint, gmail: FakeGmail) -> str:
+    """A user "dave" whose stored OAuth client Google refuses (invalid_client): a 502."""
+    token_endpoint.add_refresh_token("1//dave")
+    insert_row(
+        conn,
+        "dave",
+        token_data={"access_token": "expired", "refresh_token": "1//dave"},
+        oauth_config={
+            "client_id": DEFAULT_CLIENT_ID,
+            "client_secret": "not-the-secret",
+            "token_uri": f"{token_endpoint.url}/token",
+        },
+        expiry=None,
+    )
+    return "dave"
+
+
+@pytest.fixture
+def database_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATABASE_URL names a port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@127.0.0.1:{port}/db?connect_timeout=2")
+
+
+def raw_message(
+    subject: str, *, date: str | None = "Mon, 04 Mar 2024 09:00:00 +0900", extra: str = ""
+) -> bytes:
+    date_line = f"Date: {date}\r\n" if date is not None else ""
+    return (
+        "From: =?UTF-8?B?6rmA7LKg7IiY?= <chulsoo@example.com>\r\n"
+        f"To: {MAILBOX}\r\n"
+        f"Subject: {subject}\r\n"
+        f"{date_line}"
+        "Message-ID: <m1@example.com>\r\n"
+        "MIME-Version: 1.0\r\n"
+        f"{extra}"
+    ).encode()
+
+
+def with_attachment() -> bytes:
+    boundary = "b0undary"
+    return (
+        raw_message(
+            "=?UTF-8?B?7ZqM7J2YIOyekOujjA==?=",
+            extra=f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n',
+        )
+        + (
+            f"\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n안녕하세요\r\n"
+            f"--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>안녕</p>\r\n"
+            f"--{boundary}\r\nContent-Type: application/pdf\r\n"
+            "Content-Disposition: attachment; filename*=utf-8''%ED%9A%8C%EC%9D%98.pdf\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n"
+            + base64.b64encode(b"%PDF-1.4 hello").decode()
+            + f"\r\n--{boundary}--\r\n"
+        ).encode()
+    )
+
+
+@pytest.fixture
+def inbox(alice: int, gmail: FakeGmail) -> FakeGmail:
+    """Alice's mailbox: a Korean message with an attachment, one without a Date, one with a bad Date."""
+    gmail.add_message(with_attachment())
+    gmail.add_message(
+        raw_message("no date", date=None, extra="Content-Type: text/plain\r\n") + b"\r\nbody\r\n",
+        internal_date_ms=1_700_000_000_000,
+    )
+    gmail.add_message(
+        raw_message("bad date", date="yesterday-ish", extra="Content-Type: text/plain\r\n") + b"\r\nx\r\n",
+        internal_date_ms=1_700_000_000_001,
+    )
+    return gmail
+
+
+# -- scenarios: (operationId, status, how to provoke it) ---------------------------------------------
+
+Call = Callable[[Client, dict[str, Any]], TestResponse]
+
+
+def _post(path: str, body: Any = None, headers: dict[str, str] | None = None) -> Call:
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        return api.post(path, json=body, headers=headers or {})
+
+    return call
+
+
+def _get(path: str) -> Call:
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        return api.get(path)
+
+    return call
+
+
+def _open(path: str, method: str) -> Call:
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        return api.open(path, method=method)
+
+    return call
+
+
+def _gmail_fails(path_regex: str, status: int, call: Call, count: int = 20) -> Call:
+    def provoke(api: Client, given: dict[str, Any]) -> TestResponse:
+        given["gmail"].fail_next(path_regex, status, count=count)
+        return call(api, given)
+
+    return provoke
+
+
+def _send_twice_with_another_body(api: Client, given: dict[str, Any]) -> TestResponse:
+    key = {"Idempotency-Key": "order-42"}
+    first = api.post("/send_email", json={"user_id": "alice", "to": "a@example.com"}, headers=key)
+    assert first.status_code == 200, first.get_json()
+    return api.post("/send_email", json={"user_id": "alice", "to": "b@example.com"}, headers=key)
+
+
+def _send_twice(api: Client, given: dict[str, Any]) -> TestResponse:
+    key = {"Idempotency-Key": "order-43"}
+    body = {"user_id": "alice", "to": "a@example.com", "subject": "안녕하세요"}
+    first = api.post("/send_email", json=body, headers=key)
+    again = api.post("/send_email", json=body, headers=key)
+    assert again.get_json() == first.get_json()
+    assert len(given["gmail"].sent_messages()) == 1
+    return again
+
+
+def _send_too_large(api: Client, given: dict[str, Any]) -> TestResponse:
+    content = "A" * ((24 * MiB + 3) // 3 * 4)  # base64 of 24 MiB + 3 zero bytes
+    body = {
+        "user_id": "alice",
+        "to": "a@example.com",
+        "attachments": [{"filename": "big", "content": content}],
+    }
+    return api.post("/send_email", json=body)
+
+
+SEND = {"user_id": "alice", "to": ["김철수 <chulsoo@example.com>"], "subject": "회의 🙏", "body": "안녕"}
+LIST = {"user_id": "alice", "include_body": True, "label_ids": ["INBOX"]}
+LIST_QUERY = "/list_emails?user_id=alice&include_body=true&label_ids=INBOX"
+
+
+class Scenario(NamedTuple):
+    """A request that provokes ``status`` from ``operation_id``; ``database_down``: with no database."""
+
+    operation_id: str
+    status: int
+    call: Call
+    database_down: bool = False
+
+
+DOWN = True
+SCENARIOS = [
+    Scenario(*scenario)
+    for scenario in [
+        # send_email
+        ("send_email", 200, _post("/send_email", SEND)),
+        ("send_email", 200, _send_twice),
+        ("send_email", 400, _post("/send_email", {"user_id": "alice", "to": "not-an-address"})),
+        ("send_email", 400, _post("/send_email", SEND, headers={"Idempotency-Key": "k" * 256})),
+        ("send_email", 401, _post("/send_email", {"user_id": "bob", "to": "a@example.com"})),
+        ("send_email", 403, _gmail_fails(r"/profile$", 403, _post("/send_email", SEND))),
+        ("send_email", 404, _post("/send_email", {"user_id": "nobody", "to": "a@example.com"})),
+        ("send_email", 404, _post("/send_email", {**SEND, "reply_to_message_id": "18c0000000000000"})),
+        ("send_email", 405, _get("/send_email?user_id=alice")),
+        ("send_email", 409, _send_twice_with_another_body),
+        ("send_email", 413, _send_too_large),
+        ("send_email", 429, _gmail_fails(r"/messages/send$", 429, _post("/send_email", SEND))),
+        ("send_email", 500, _post("/send_email", {"user_id": "carol", "to": "a@example.com"})),
+        ("send_email", 502, _gmail_fails(r"/profile$", 418, _post("/send_email", SEND))),
+        ("send_email", 503, _gmail_fails(r"/messages/send$", 500, _post("/send_email", SEND), count=1)),
+        ("send_email", 503, _post("/send_email", {"user_id": "alice", "to": "a@example.com"}), DOWN),
+        # list_emails, GET
+        ("list_emails_get", 200, _get(LIST_QUERY)),
+        ("list_emails_get", 200, _get("/list_emails?user_id=alice&q=subject:nothing-matches&max_results=1")),
+        ("list_emails_get", 400, _get("/list_emails?user_id=alice&max_results=0")),
+        ("list_emails_get", 401, _get("/list_emails?user_id=bob")),
+        ("list_emails_get", 403, _gmail_fails(r"/messages$", 403, _get(LIST_QUERY))),
+        ("list_emails_get", 404, _get("/list_emails?user_id=nobody")),
+        ("list_emails_get", 405, _open("/list_emails?user_id=alice", "PUT")),
+        ("list_emails_get", 429, _gmail_fails(r"/messages$", 429, _get(LIST_QUERY))),
+        ("list_emails_get", 500, _get("/list_emails?user_id=carol")),
+        ("list_emails_get", 502, _gmail_fails(r"/messages$", 418, _get(LIST_QUERY))),
+        ("list_emails_get", 503, _gmail_fails(r"/messages$", 503, _get(LIST_QUERY))),
+        ("list_emails_get", 503, _get("/list_emails?user_id=alice"), DOWN),
+        # list_emails, POST
+        ("list_emails", 200, _post("/list_emails", LIST)),
+        (
+            "list_emails",
+            200,
+            _post("/list_emails", {"user_id": "alice", "robeing_id": "robeing-1", "max_results": 1}),
+        ),
+        ("list_emails", 400, _post("/list_emails", {"user_id": "alice", "labels": ["INBOX"]})),
+        ("list_emails", 401, _post("/list_emails", {"user_id": "bob"})),
+        ("list_emails", 403, _gmail_fails(r"/messages/", 403, _post("/list_emails", LIST))),
+        ("list_emails", 404, _post("/list_emails", {"user_id": "alice", "robeing_id": "another-robeing"})),
+        ("list_emails", 405, _open("/list_emails", "DELETE")),
+        ("list_emails", 429, _gmail_fails(r"/messages/", 429, _post("/list_emails", LIST))),
+        ("list_emails", 500, _post("/list_emails", {"user_id": "carol"})),
+        ("list_emails", 502, _gmail_fails(r"/messages/", 418, _post("/list_emails", LIST))),
+        ("list_emails", 503, _post("/list_emails", {"user_id": "alice"}), DOWN),
+        # refresh_tokens
+        ("refresh_tokens", 200, _post("/refresh_tokens", {"user_id": "alice", "robeing_id": "robeing-1"})),
+        ("refresh_tokens", 200, _post("/refresh_tokens", {"window_seconds": 7200})),
+        ("refresh_tokens", 200, _post("/refresh_tokens")),
+        ("refresh_tokens", 400, _post("/refresh_tokens", {"window_seconds": "soon"})),
+        ("refresh_tokens", 401, _post("/refresh_tokens", {"user_id": "bob"})),
+        ("refresh_tokens", 404, _post("/refresh_tokens", {"user_id": "nobody"})),
+        ("refresh_tokens", 405, _get("/refresh_tokens")),
+        ("refresh_tokens", 500, _post("/refresh_tokens", {"user_id": "carol"})),
+        ("refresh_tokens", 502, _post("/refresh_tokens", {"user_id": "dave"})),
+        ("refresh_tokens", 503, _post("/refresh_tokens", {"user_id": "alice"}), DOWN),
+        ("refresh_tokens", 503, _post("/refresh_tokens", {}), DOWN),
+        # token_status
+        ("token_status", 200, _post("/token_status", {"user_id": "alice"})),
+        ("token_status", 200, _post("/token_status", {"user_id": "bob"})),
+        ("token_status", 400, _post("/token_status", {"user_id": "a", "usr_id": "b"})),
+        ("token_status", 404, _post("/token_status", {"user_id": "nobody"})),
+        ("token_status", 405, _open("/token_status", "PATCH")),
+        ("token_status", 500, _post("/token_status", {"user_id": "carol"})),
+        ("token_status", 503, _post("/token_status", {"user_id": "alice"}), DOWN),
+        ("token_status_get", 200, _get("/token_status?user_id=alice&robeing_id=robeing-1")),
+        ("token_status_get", 400, _get("/token_status?user_id=")),
+        ("token_status_get", 404, _get("/token_status?user_id=%EC%82%AC%EC%9A%A9%EC%9E%90")),
+        ("token_status_get", 405, _open("/token_status?user_id=alice", "DELETE")),
+        ("token_status_get", 500, _get("/token_status?user_id=carol")),
+        ("token_status_get", 503, _get("/token_status?user_id=alice"), DOWN),
+    ]
+]
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    SCENARIOS,
+    ids=[f"{s.operation_id}-{s.status}{'-database-down' if s.database_down else ''}" for s in SCENARIOS],
+)
+def test_response_conforms_to_the_spec(
+    request: pytest.FixtureRequest, api: Client, scenario: Scenario
+) -> None:
+    given: dict[str, Any] = {"gmail": request.getfixturevalue("gmail")}
+    for name in ("inbox", "revoked", "broken", "wrong_client"):
+        request.getfixturevalue(name)
+    if scenario.database_down:
+        request.getfixturevalue("database_down")
+
+    response = scenario.call(api, given)
+
+    status = scenario.status
+    path, method = operations()[scenario.operation_id]
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    body = assert_conforms(response, path, method)
+    if status >= 400:
+        assert set(body) == {"error"}
+        if status == 429:
+            assert int(response.headers["Retry-After"]) >= 1
+        if status == 405:
+            assert response.headers["Allow"]
+        if status == 500:
+            assert body == {"error": {"code": "internal", "message": "internal error"}}
