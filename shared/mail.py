@@ -131,6 +131,7 @@ def send_email(args: dict[str, Any], idempotency_key: str | None, log: dict[str,
         if key is not None and session.conn is None:
             raise Unavailable("Idempotency-Key needs the database (set DATABASE_URL or DB_URL_SECRET)")
         claimed = False
+        sent: dict[str, Any] | None = None
         try:
             with _gmail(session, args["user_id"], args["robeing_id"], log) as (client, record):
                 sender = _sender(client, record)
@@ -158,11 +159,9 @@ def send_email(args: dict[str, Any], idempotency_key: str | None, log: dict[str,
                     claimed = True
                     if claim.resume_message_id:
                         message_id = claim.resume_message_id
-                        earlier = _search_sent(client, message_id)
-                        if earlier is not None:
-                            return _finish_send(session, args, key, call, earlier, log)
-                result = _send(client, mail, sender, message_id, args)
-            return _finish_send(session, args, key, call, result, log)
+                        sent = _search_sent(client, message_id)
+                if sent is None:
+                    sent = _send(client, mail, sender, message_id, args)
         except SkillEmailError as exc:
             if claimed and session.conn is not None and key is not None:
                 idempotency.release(
@@ -174,6 +173,8 @@ def send_email(args: dict[str, Any], idempotency_key: str | None, log: dict[str,
             if claimed and session.conn is not None and key is not None:
                 idempotency.release(session.conn, args["user_id"], key, maybe_sent=True)
             raise
+        # Outside the try: Gmail has the message now, so nothing below may free the key for a resend.
+        return _finish_send(session, args, key, call, sent, log)
 
 
 def _send(
@@ -230,7 +231,12 @@ def _finish_send(
         "label_ids": list(result.get("labelIds") or []),
     }
     if key is not None and session.conn is not None:
-        idempotency.complete(session.conn, args["user_id"], key, status=200, body=body)
+        try:
+            idempotency.complete(session.conn, args["user_id"], key, status=200, body=body)
+        except SkillEmailError as exc:
+            # The mail is sent: answer so. The record stays in progress, and a retry with this key
+            # takes it over once stale and finds the message by its Message-ID instead of resending.
+            logger.warning("sent, but the Idempotency-Key record was not completed: %s", exc.code)
     log["gmail_message_id"] = body["id"]
     _audit(
         session,

@@ -100,3 +100,33 @@ def test_flaky_token_endpoint_during_the_scheduled_run_is_caught_up_next_run(
     assert second == {"checked": 1, "refreshed": 1, "skipped": 0, "failed": []}
     assert all(count <= 4 for count in token_endpoint.calls_by_refresh_token.values())
     assert conn.one("SELECT count(*) AS n FROM gmail_token WHERE expiry < :t", t=utc_in(900)) == {"n": 0}
+
+
+def test_database_lost_after_gmail_took_the_message_still_answers_200_and_never_resends(
+    client, own_server, token_endpoint, monkeypatch
+):
+    """The send succeeded but its Idempotency-Key record could not be completed: the caller is told
+    the truth (200), and a retry with the key does not send a second copy."""
+    from tests.fakes.gmail import FakeGmail
+
+    seed(own_server, token_endpoint, "carol", 3600)
+    with FakeGmail() as gmail:
+        gmail.trust(token_endpoint)
+        monkeypatch.setenv("GMAIL_API_ENDPOINT", gmail.url)
+        body = {"user_id": "carol", "to": "dave@example.com", "subject": "once", "body": "only once"}
+        headers = {"Idempotency-Key": "once-only"}
+        send = client("send_email")
+        assert send.post("/", json={**body, "subject": "warm-up"}).status_code == 200  # profile cached
+        gmail.latency = 1.0
+        killer = threading.Timer(0.5, own_server.stop, kwargs={"mode": "immediate"})
+        killer.start()
+        first = send.post("/", json=body, headers=headers)
+        killer.join()
+        assert first.status_code == 200
+        assert first.get_json()["id"]
+        gmail.latency = 0
+        own_server.start()
+        retry = send.post("/", json=body, headers=headers)
+        assert retry.status_code == 409  # the record is still "in progress": never a second send
+        copies = [message for message in gmail.sent_messages() if b"\r\nSubject: once\r\n" in message]
+        assert len(copies) == 1
