@@ -1,13 +1,15 @@
-"""Operator commands: migrate, import-tokens DIR, add-token, status USER_ID, generate-key."""
+"""Operator commands: migrate, import-tokens DIR, add-token, authorize, status USER_ID, generate-key."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from shared import config, crypto, db, logs, provider, schema, tokens
 from shared.errors import SkillEmailError
@@ -78,6 +80,103 @@ def cmd_add_token(args: argparse.Namespace) -> int:
     return 0
 
 
+GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
+GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
+# Least privilege: the functions send (gmail.send) and list and read (gmail.readonly, which search and
+# bodies need). gmail.modify would also let a leaked token trash or relabel mail, which nothing here
+# does; and it is a restricted scope just like gmail.readonly, so asking for it would gain nothing.
+DEFAULT_SCOPES = (GMAIL_SEND, GMAIL_READONLY)
+# How long the local redirect server waits for the browser before giving up.
+DEFAULT_CONSENT_TIMEOUT_S = 600
+CONSENT_PROMPT = "Open this URL in a browser signed in as the mailbox's owner:\n{url}\n"
+
+
+def credentials_to_row(credentials: Any) -> dict[str, Any]:
+    """google-auth ``Credentials`` from a consent as ``gmail_token`` column values.
+
+    The scopes stored are those Google granted (the consent screen lets a person untick some), else
+    those asked for.
+    """
+    granted = credentials.granted_scopes or credentials.scopes or []
+    if isinstance(granted, str):
+        granted = granted.split()
+    return tokens.authorized_user_to_row(
+        {
+            "token": credentials.token,
+            "refresh_token": credentials.refresh_token,
+            "client_id": credentials.client_id,
+            "client_secret": credentials.client_secret,
+            "token_uri": credentials.token_uri,
+            "scopes": list(granted),
+            "expiry": credentials.expiry.isoformat() if credentials.expiry else None,
+        }
+    )
+
+
+def store_credentials(user_id: str, credentials: Any, robeing_id: str | None = None) -> str:
+    """Stores a freshly consented token as the user's equipped row; returns ``store_token``'s outcome."""
+    with db.connection() as conn:
+        return tokens.store_token(
+            conn,
+            user_id,
+            credentials_to_row(credentials),
+            equipped_to=robeing_id,
+            cipher=tokens.token_cipher(),
+        )
+
+
+def cmd_authorize(args: argparse.Namespace) -> int:
+    try:
+        from google_auth_oauthlib.flow import InstalledAppFlow, WSGITimeoutError
+        from oauthlib.oauth2.rfc6749.errors import OAuth2Error
+    except ImportError:
+        print(
+            "authorize needs google-auth-oauthlib, a development dependency: "
+            "pip install -r requirements-dev.txt",
+            file=sys.stderr,
+        )
+        return 2
+    secrets_path = Path(args.client_secrets)
+    if not secrets_path.is_file():
+        print(
+            f"no client secrets file at {secrets_path} (download it from the OAuth client's page)",
+            file=sys.stderr,
+        )
+        return 2
+    # Fail before the person consents, not after: the database and the keyring must be usable.
+    tokens.token_cipher()
+    with db.connection():
+        pass
+    scopes = args.scope or list(DEFAULT_SCOPES)
+    # oauthlib raises when Google grants fewer scopes than asked; we store what was granted and say so.
+    os.environ.setdefault("OAUTHLIB_RELAX_TOKEN_SCOPE", "1")
+    try:
+        flow = InstalledAppFlow.from_client_secrets_file(str(secrets_path), scopes=scopes)
+        credentials = flow.run_local_server(
+            port=args.port,
+            open_browser=not args.no_browser,
+            authorization_prompt_message=CONSENT_PROMPT,
+            success_message="skill-email: Gmail access granted. You may close this window.",
+            timeout_seconds=args.timeout,
+            # offline: a refresh token; consent: Google sends one even if this client was approved before.
+            access_type="offline",
+            prompt="consent",
+        )
+    except (OAuth2Error, WSGITimeoutError, ValueError) as exc:
+        print(f"authorization failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if not credentials.refresh_token:
+        print("Google returned no refresh token; nothing was stored", file=sys.stderr)
+        return 1
+    outcome = store_credentials(args.user_id, credentials, args.robeing_id)
+    row = credentials_to_row(credentials)
+    missing = [scope for scope in scopes if scope not in row["scopes"]]
+    print(f"{args.user_id}: {outcome}; scopes: {' '.join(row['scopes'])}")
+    if missing:
+        print(f"warning: Google did not grant {' '.join(missing)}", file=sys.stderr)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     print(json.dumps(provider.token_status(args.user_id, args.robeing_id), indent=2, ensure_ascii=False))
     return 0
@@ -115,6 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     adder.add_argument("--scope", action="append")
     adder.add_argument("--robeing-id")
     adder.set_defaults(run=cmd_add_token)
+
+    authorize = commands.add_parser(
+        "authorize", help="run Google's consent flow in a browser and store the user's token"
+    )
+    authorize.add_argument("user_id")
+    authorize.add_argument(
+        "--client-secrets", required=True, help="the OAuth client's JSON (type: Desktop app)"
+    )
+    authorize.add_argument("--robeing-id", help="equip the token to this robeing")
+    authorize.add_argument("--scope", action="append", help=f"repeatable; default {' '.join(DEFAULT_SCOPES)}")
+    authorize.add_argument(
+        "--port", type=int, default=0, help="the local redirect port (default 0: any free port)"
+    )
+    authorize.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="print the URL only (open it in any browser on this machine)",
+    )
+    authorize.add_argument("--timeout", type=float, default=DEFAULT_CONSENT_TIMEOUT_S, help="seconds to wait")
+    authorize.set_defaults(run=cmd_authorize)
 
     status = commands.add_parser("status", help="print token_status for a user")
     status.add_argument("user_id")
