@@ -1,4 +1,4 @@
-"""Operator commands: migrate, import-tokens DIR, add-token, authorize, status USER_ID, generate-key."""
+"""Operator commands: ``python -m shared.cli --help`` lists them (migrate, tokens, keys, audit)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared import config, crypto, db, logs, provider, schema, tokens
+from shared import audit, config, crypto, db, logs, provider, schema, tokens
+from shared.config import ConfigError
 from shared.errors import SkillEmailError
 
 
@@ -188,6 +189,69 @@ def cmd_generate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keyring_cipher() -> crypto.TokenCipher:
+    cipher = tokens.token_cipher()
+    if cipher is None:
+        raise ConfigError("set TOKEN_KEYS (local) or TOKEN_KEY_SECRET to the keyring first")
+    return cipher
+
+
+def _reseal(decrypt: bool, batch_size: int) -> tokens.ResealCounts:
+    cipher = _keyring_cipher()
+    with db.connection() as conn:
+        counts = tokens.reseal_rows(conn, cipher, decrypt=decrypt, batch_size=batch_size)
+    print(f"rewritten={counts.rewritten} unchanged={counts.unchanged} busy={counts.busy}")
+    if counts.busy:
+        print("some rows were being refreshed and were skipped: run the command again", file=sys.stderr)
+    return counts
+
+
+def cmd_encrypt_tokens(args: argparse.Namespace) -> int:
+    counts = _reseal(False, args.batch_size)
+    return 3 if counts.busy else 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    cipher = _keyring_cipher()
+    counts = _reseal(False, args.batch_size)
+    if not counts.busy:
+        others = [key for key in cipher.key_ids if key != cipher.primary_key_id]
+        if others:
+            print(
+                f"every row is under {cipher.primary_key_id}; {', '.join(others)} may now leave the keyring"
+            )
+    return 3 if counts.busy else 0
+
+
+def cmd_decrypt_tokens(args: argparse.Namespace) -> int:
+    counts = _reseal(True, args.batch_size)
+    return 3 if counts.busy else 0
+
+
+def cmd_add_key(args: argparse.Namespace) -> int:
+    settings = config.load_settings()
+    text = settings.token_keys or (
+        config.secrets.read(settings.token_key_secret, settings) if settings.token_key_secret else None
+    )
+    if not text:
+        raise ConfigError("set TOKEN_KEYS or TOKEN_KEY_SECRET to the current keyring first")
+    current = json.loads(text) if text.strip().startswith("{") else {"keys": {"k0": text.strip()}}
+    keys = dict(current.get("keys") or {})
+    if args.key_id in keys:
+        print(f"key id {args.key_id} is already in the keyring", file=sys.stderr)
+        return 2
+    keys[args.key_id] = crypto.generate_key()
+    print(json.dumps({"primary": args.key_id, "keys": keys}))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    with db.connection() as conn:
+        for entry in audit.recent(conn, args.user_id, args.limit):
+            print(json.dumps(entry, default=str, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -245,12 +309,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("--key-id", default="k1")
     keygen.set_defaults(run=cmd_generate_key)
+
+    add_key = commands.add_parser(
+        "add-key",
+        help="print the current keyring with a new primary key (store it as the new secret version)",
+    )
+    add_key.add_argument("--key-id", required=True)
+    add_key.set_defaults(run=cmd_add_key)
+
+    for name, run, text in (
+        ("encrypt-tokens", cmd_encrypt_tokens, "encrypt every plaintext secret under the primary key"),
+        ("rotate-key", cmd_rotate_key, "re-encrypt values under older keys with the primary key"),
+        (
+            "decrypt-tokens",
+            cmd_decrypt_tokens,
+            "write every secret back in plaintext (turning encryption off)",
+        ),
+    ):
+        command = commands.add_parser(name, help=f"{text}; row by row, safe to run again")
+        command.add_argument("--batch-size", type=int, default=100)
+        command.set_defaults(run=run)
+
+    audit_log = commands.add_parser("audit", help="print a user's latest audit rows, newest first")
+    audit_log.add_argument("user_id")
+    audit_log.add_argument("--limit", type=int, default=50)
+    audit_log.set_defaults(run=cmd_audit)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(config.load_settings().log_level if "LOG_LEVEL" in __import__("os").environ else "WARNING")
+    # Quiet by default: a command's output is what it prints; LOG_LEVEL turns the JSON logs on.
+    logs.configure(config.load_settings().log_level if os.environ.get("LOG_LEVEL") else "WARNING")
     try:
         return int(args.run(args))
     except SkillEmailError as exc:

@@ -334,3 +334,64 @@ def test_authorize_without_a_client_secrets_file_fails_before_the_browser(
 ) -> None:
     assert cli.main(["authorize", "erin", "--client-secrets", str(tmp_path / "missing.json")]) == 2
     assert "no client secrets file" in capsys.readouterr().err
+
+
+def test_key_commands_encrypt_rotate_and_decrypt_the_table(
+    database_url, conn, user_token, monkeypatch, capsys
+):
+    """The operator's whole rotation, through the CLI, on rows the functions keep reading."""
+    import json as json_module
+
+    from shared import cli, crypto
+    from tests.conftest import SECRET_VALUES, row
+
+    row_id = user_token("cli-user", expires_in=3600)
+    plain = row(conn, row_id)["token_data"]["refresh_token"]
+    first = crypto.generate_key()
+    SECRET_VALUES.add(first)
+    monkeypatch.setenv("TOKEN_KEYS", json_module.dumps({"primary": "k1", "keys": {"k1": first}}))
+    assert cli.main(["encrypt-tokens"]) == 0
+    assert "rewritten=1" in capsys.readouterr().out
+    assert row(conn, row_id)["token_data"]["refresh_token"].startswith("enc:v1:k1:")
+    assert cli.main(["encrypt-tokens"]) == 0
+    assert "rewritten=0 unchanged=1" in capsys.readouterr().out
+
+    assert cli.main(["add-key", "--key-id", "k2"]) == 0
+    keyring = capsys.readouterr().out.strip()
+    SECRET_VALUES.update(json_module.loads(keyring)["keys"].values())
+    assert json_module.loads(keyring)["primary"] == "k2"
+    monkeypatch.setenv("TOKEN_KEYS", keyring)
+    assert cli.main(["rotate-key"]) == 0
+    output = capsys.readouterr().out
+    assert "rewritten=1" in output and "k1 may now leave the keyring" in output
+    assert row(conn, row_id)["token_data"]["refresh_token"].startswith("enc:v1:k2:")
+
+    assert cli.main(["decrypt-tokens"]) == 0
+    capsys.readouterr()
+    assert row(conn, row_id)["token_data"]["refresh_token"] == plain
+
+
+def test_encrypt_tokens_without_a_keyring_says_what_to_set(database_url, capsys):
+    from shared import cli
+
+    assert cli.main(["encrypt-tokens"]) == 1
+    assert "TOKEN_KEYS" in capsys.readouterr().err
+
+
+def test_audit_command_prints_a_users_rows(database_url, conn, capsys):
+    from shared import audit, cli
+
+    audit.record(
+        conn,
+        user_id="aud",
+        robeing_id=None,
+        action=audit.SEND,
+        status=audit.OK,
+        http_status=200,
+        duration_ms=12,
+        gmail_calls=2,
+        gmail_message_id="m1",
+    )
+    assert cli.main(["audit", "aud"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert '"gmail_message_id": "m1"' in line and '"http_status": 200' in line
