@@ -261,7 +261,9 @@ def readme_commands() -> list[str]:
     lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
     lines += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
     stripped = (line.split(" #", 1)[0].strip() for line in lines)
-    return [line for line in stripped if COMMAND.search(line)]
+    # A pipeline or a redirection: only the command itself is ours to check.
+    commands = (re.split(r"\s(?:\||>|&&|;)\s", line, maxsplit=1)[0] for line in stripped)
+    return [line for line in commands if COMMAND.search(line)]
 
 
 def tasks_commands() -> set[str]:
