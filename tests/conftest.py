@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -190,6 +191,31 @@ def user_token(conn: db.Connection, token_endpoint: FakeTokenEndpoint) -> Callab
     return make
 
 
+MAILBOX = "hong.gildong@example.com"
+
+
+@pytest.fixture
+def gmail(token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """FakeGmail for MAILBOX, trusting every token the fake endpoint issues; the functions point at it."""
+    from shared import mail
+    from tests.fakes.gmail import FakeGmail
+
+    with FakeGmail(email_address=MAILBOX) as fake:
+        fake.trust(token_endpoint)
+        monkeypatch.setenv("GMAIL_API_ENDPOINT", fake.url)
+        # FakeGmail indexes a sent message at once; the production wait only slows the tests down.
+        monkeypatch.setattr(mail, "UNKNOWN_OUTCOME_WAIT_S", 0.05)
+        yield fake
+
+
+@pytest.fixture
+def alice(user_token: Callable[..., int], conn: db.Connection, gmail: Any) -> int:
+    """An equipped, unexpired token for "alice" whose access token Gmail accepts; its row id."""
+    row_id = user_token("alice", expires_in=3600)
+    gmail.allow_token(row(conn, row_id)["token_data"]["access_token"])
+    return row_id
+
+
 # -- functions through functions-framework -----------------------------------------------------------
 
 
@@ -235,6 +261,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         monkeypatch.delenv(name, raising=False)
     config.secrets.clear()
     tokens._cipher_cache.clear()
+    if "shared.mail" in sys.modules:  # the per-instance sender cache: each test starts without it
+        sys.modules["shared.mail"]._senders.clear()
     handler = _CaptureHandler()
     root = logging.getLogger()
     root.addHandler(handler)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -13,36 +13,16 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
-from shared import audit, mail
-from tests.conftest import row
+from shared import audit
+from tests.conftest import MAILBOX, row
 from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import FakeTokenEndpoint
 
-MAILBOX = "hong.gildong@example.com"
 LIST_PATH = r"/messages$"
 # 2024-01-02T03:04:05Z, the base of every seeded message's internalDate.
 BASE_MS = 1_704_164_645_000
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def gmail(token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGmail]:
-    """FakeGmail for mailbox MAILBOX, trusting every token the fake endpoint issues; functions point at it."""
-    with FakeGmail(email_address=MAILBOX) as fake:
-        fake.trust(token_endpoint)
-        monkeypatch.setenv("GMAIL_API_ENDPOINT", fake.url)
-        monkeypatch.setattr(mail, "_senders", {})
-        yield fake
-
-
-@pytest.fixture
-def alice(user_token: Callable[..., int], conn: Any, gmail: FakeGmail) -> int:
-    """An equipped, unexpired token for "alice" whose access token Gmail accepts; its row id."""
-    row_id = user_token("alice", expires_in=3600)
-    gmail.allow_token(row(conn, row_id)["token_data"]["access_token"])
-    return row_id
 
 
 def plain(

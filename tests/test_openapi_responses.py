@@ -13,7 +13,7 @@ import base64
 import copy
 import functools
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,8 +28,7 @@ from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
 
 from shared import gmail as gmail_module
-from shared import mail
-from tests.conftest import insert_row, row
+from tests.conftest import MAILBOX, insert_row, row
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
 
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "docs" / "openapi.yaml"
 SPEC_URI = "urn:skill-email:openapi"
 TARGETS = ("send_email", "list_emails", "refresh_tokens", "token_status")
-MAILBOX = "hong.gildong@example.com"
+
 MiB = 1024 * 1024
 
 
@@ -214,16 +213,10 @@ def api() -> Client:
     return Client(wsgi_app())
 
 
-@pytest.fixture
-def gmail(token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGmail]:
-    """FakeGmail trusting the fake token endpoint; retries and waits shortened so failures come fast."""
-    with FakeGmail(email_address=MAILBOX) as fake:
-        fake.trust(token_endpoint)
-        monkeypatch.setenv("GMAIL_API_ENDPOINT", fake.url)
-        monkeypatch.setattr(mail, "_senders", {})
-        monkeypatch.setattr(mail, "UNKNOWN_OUTCOME_WAIT_S", 0.01)
-        monkeypatch.setattr(gmail_module, "BACKOFF_BASE_S", 0.001)
-        yield fake
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backoff shortened: these tests check the shape of each answer, not the waiting."""
+    monkeypatch.setattr(gmail_module, "BACKOFF_BASE_S", 0.001)
 
 
 @pytest.fixture

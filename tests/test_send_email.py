@@ -8,44 +8,21 @@ import email
 import email.policy
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
 
-from shared import audit, mail
-from tests.conftest import row
+from shared import audit
+from tests.conftest import MAILBOX, row
 from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import FakeTokenEndpoint
 
-MAILBOX = "hong.gildong@example.com"
 SEND_PATH = r"/messages/send$"
 MiB = 1024 * 1024
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def gmail(token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGmail]:
-    """FakeGmail for mailbox MAILBOX, trusting every token the fake endpoint issues; functions point at it."""
-    with FakeGmail(email_address=MAILBOX) as fake:
-        fake.trust(token_endpoint)
-        monkeypatch.setenv("GMAIL_API_ENDPOINT", fake.url)
-        # The sender address is cached per instance for 10 minutes; each test starts without it.
-        monkeypatch.setattr(mail, "_senders", {})
-        # FakeGmail indexes a sent message at once; the production wait only slows the tests down.
-        monkeypatch.setattr(mail, "UNKNOWN_OUTCOME_WAIT_S", 0.05)
-        yield fake
-
-
-@pytest.fixture
-def alice(user_token: Callable[..., int], conn: Any, gmail: FakeGmail) -> int:
-    """An equipped, unexpired token for "alice" whose access token Gmail accepts; its row id."""
-    row_id = user_token("alice", expires_in=3600)
-    gmail.allow_token(row(conn, row_id)["token_data"]["access_token"])
-    return row_id
 
 
 def send(client: Callable[[str], Any], headers: dict[str, str] | None = None, **body: Any) -> Any:
