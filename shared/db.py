@@ -32,7 +32,8 @@ DEFAULT_CONNECT_TIMEOUT_S = 10
 # locked database answers 503 instead of holding the request until the platform kills it.
 STATEMENT_TIMEOUT_MS = 15_000
 # Waiting for another invocation's refresh of the same row takes one token-endpoint round trip
-# (bounded at ~10 s by the refresh's own timeouts), so wait a little longer than that.
+# (bounded at ~10 s by the refresh's own timeouts), so wait a little longer than that. A statement
+# queued behind several waiters can start this timer again, so STATEMENT_TIMEOUT_MS is the ceiling.
 LOCK_TIMEOUT_MS = 12_000
 APPLICATION_NAME = "skill-email"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
