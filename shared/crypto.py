@@ -29,10 +29,10 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.errors import Internal
 
@@ -203,6 +203,9 @@ class TokenCipher:
         Raises:
             KeyringError: No keys, a malformed id, a key not 32 bytes, or the primary id not among the keys.
         """
+        # Imported here: only instances with a keyring pay for cryptography's import.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         if not keys:
             raise KeyringError("keyring holds no keys")
         self._aeads: dict[str, AESGCM] = {}
@@ -402,6 +405,8 @@ class TokenCipher:
             raise DecryptionError(
                 f"{where} holds a truncated encrypted value (key id {key_id})", field=where, key_id=key_id
             )
+        from cryptography.exceptions import InvalidTag
+
         try:
             plaintext = aead.decrypt(
                 blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], _associated_data(user_id, field)
