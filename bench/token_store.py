@@ -346,7 +346,7 @@ def database_cost(database: BenchDatabase, samples: int) -> tuple[Section, dict[
                         (
                             "  twin: sslmode=require, TCP_NODELAY socket",
                             _nodelay(require),
-                            "the fix proposed: no Nagle wait for the server's delayed ACK",
+                            "what shared.db now does: no Nagle wait for the delayed ACK",
                         ),
                     ]
                 )
