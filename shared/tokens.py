@@ -12,9 +12,8 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -37,10 +36,9 @@ EXPIRY_MARGIN = timedelta(minutes=5)
 DEFAULT_WINDOW_SECONDS = 900
 MAX_WINDOW_SECONDS = 7 * 24 * 3600
 
-# The credentials Google judged; when they change (a new token was stored), the marker lapses.
-
 
 def _fingerprint_sql(token_data: str, oauth_config: str) -> str:
+    """The credentials Google judged; when they change (a new token was stored), the marker lapses."""
     return (
         f"encode(sha256(convert_to(concat_ws('|', ({token_data})->>'refresh_token', "
         f"({oauth_config})->>'client_id', ({oauth_config})->>'client_secret'), 'UTF8')), 'hex')"
@@ -51,8 +49,8 @@ REAUTH_FINGERPRINT_SQL = _fingerprint_sql("token_data", "oauth_config")
 NEEDS_REAUTH_SQL = f"(reauth_required_at IS NOT NULL AND reauth_fingerprint = {REAUTH_FINGERPRINT_SQL})"
 
 _COLUMNS = (
-    "id, user_id, robeing_id, token_data, oauth_config, scopes, metadata, expiry, updated_at, "
-    f"equipped_to, reauth_reason, {NEEDS_REAUTH_SQL} AS needs_reauth"
+    "id, user_id, token_data, oauth_config, scopes, expiry, equipped_to, reauth_reason, "
+    f"{NEEDS_REAUTH_SQL} AS needs_reauth"
 )
 
 
@@ -64,6 +62,12 @@ def _json_object(value: Any) -> dict[str, Any]:
         except ValueError:
             return {}
     return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _row_json(row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The row's ``token_data`` and ``oauth_config`` as dicts, as stored (a NULL oauth_config stays None)."""
+    oauth_config = row.get("oauth_config")
+    return _json_object(row.get("token_data")), None if oauth_config is None else _json_object(oauth_config)
 
 
 def _text(value: Any) -> str | None:
@@ -116,10 +120,7 @@ class TokenRecord:
     def from_row(cls, row: Mapping[str, Any], cipher: TokenCipher | None) -> TokenRecord:
         """Decodes a ``gmail_token`` row, whatever shape its JSON columns have."""
         user_id = str(row["user_id"])
-        token_data = _json_object(row.get("token_data"))
-        oauth_config: dict[str, Any] | None = (
-            _json_object(row.get("oauth_config")) if row.get("oauth_config") is not None else None
-        )
+        token_data, oauth_config = _row_json(row)
         opener = cipher.open_row if cipher else open_row_without_key
         token_data, oauth_config = opener(token_data, oauth_config, user_id=user_id)
         client = dict(oauth_config or {})
@@ -491,14 +492,6 @@ def _refresh_one_due(
         summary.add("refreshed")
 
 
-@contextmanager
-def database_store() -> Iterator[DatabaseTokenStore]:
-    """A store on a fresh connection, closed at the end of the block."""
-    cipher = token_cipher()
-    with db.connection() as conn:
-        yield DatabaseTokenStore(conn, cipher)
-
-
 def authorized_user_to_row(info: Mapping[str, Any]) -> dict[str, Any]:
     """Google's authorized-user JSON (the old file provider's format) as ``gmail_token`` column values."""
     access = _text(info.get("token")) or _text(info.get("access_token"))
@@ -628,10 +621,7 @@ def reseal_rows(
                     counts.busy += 1
                     continue
                 user_id = str(row["user_id"])
-                token_data = _json_object(row.get("token_data"))
-                oauth_config = (
-                    _json_object(row["oauth_config"]) if row.get("oauth_config") is not None else None
-                )
+                token_data, oauth_config = _row_json(row)
                 opened_data, opened_config = cipher.open_row(token_data, oauth_config, user_id=user_id)
                 if decrypt:
                     stored_data, stored_config = opened_data, opened_config
