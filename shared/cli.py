@@ -235,13 +235,11 @@ def cmd_add_key(args: argparse.Namespace) -> int:
     )
     if not text:
         raise ConfigError("set TOKEN_KEYS or TOKEN_KEY_SECRET to the current keyring first")
-    current = json.loads(text) if text.strip().startswith("{") else {"keys": {"k0": text.strip()}}
-    keys = dict(current.get("keys") or {})
-    if args.key_id in keys:
-        print(f"key id {args.key_id} is already in the keyring", file=sys.stderr)
+    try:
+        print(crypto.with_new_primary(text, args.key_id))
+    except crypto.KeyringError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    keys[args.key_id] = crypto.generate_key()
-    print(json.dumps({"primary": args.key_id, "keys": keys}))
     return 0
 
 

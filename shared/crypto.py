@@ -118,6 +118,27 @@ def derive_key_id(key: bytes) -> str:
     return hashlib.sha256(b"skill-email key id|" + key).hexdigest()[:8]
 
 
+def with_new_primary(text: str, key_id: str) -> str:
+    """The keyring ``text`` plus a fresh key ``key_id`` as its primary, every old key kept under its id.
+
+    A bare-key keyring keeps its key under :func:`derive_key_id`, the id its ciphertexts carry.
+
+    Raises:
+        KeyringError: ``text`` is malformed, ``key_id`` is malformed or already in the keyring.
+    """
+    TokenCipher.from_keyring(text)  # the same checks the functions apply, before anything is built on it
+    _check_key_id(key_id, "new key id")
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        keys = dict(json.loads(stripped)["keys"])
+    else:
+        keys = {derive_key_id(_decode_key(stripped, "bare keyring key")): stripped}
+    if key_id in keys:
+        raise KeyringError(f"key id {key_id!r} is already in the keyring")
+    keys[key_id] = generate_key()
+    return json.dumps({"primary": key_id, "keys": keys})
+
+
 def open_row_without_key(
     token_data: dict[str, Any],
     oauth_config: dict[str, Any] | None,

@@ -20,6 +20,7 @@ from shared.crypto import (
     generate_key,
     is_encrypted,
     open_row_without_key,
+    with_new_primary,
 )
 from shared.errors import SkillEmailError
 
@@ -539,3 +540,18 @@ def test_generate_key_gives_fresh_32_byte_keys_usable_as_keyring() -> None:
 )
 def test_is_encrypted(value: object, expected: bool) -> None:
     assert is_encrypted(value) is expected
+
+
+def test_with_new_primary_keeps_a_bare_keys_derived_id_so_old_values_still_decrypt() -> None:
+    bare = generate_key()
+    old = TokenCipher.from_keyring(bare)
+    value = old.encrypt("refresh", user_id="u", field="token_data.refresh_token")
+    rotated = TokenCipher.from_keyring(with_new_primary(bare, "k2"))
+    assert rotated.primary_key_id == "k2"
+    assert rotated.decrypt(value, user_id="u", field="token_data.refresh_token") == "refresh"
+
+
+def test_with_new_primary_refuses_an_id_already_there() -> None:
+    keyring = json.dumps({"primary": "k1", "keys": {"k1": generate_key()}})
+    with pytest.raises(KeyringError, match="already"):
+        with_new_primary(keyring, "k1")
