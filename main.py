@@ -1,12 +1,21 @@
 """Every Cloud Functions target of skill-email, so one source tree deploys as several functions.
 
 Deploy with ``--entry-point NAME``; run locally with
-``functions-framework --source main.py --target NAME``.
+``functions-framework --source main.py --target NAME``. The names come from the one registry,
+``shared/targets.py``; each target's entry point is ``functions/<name>.py``.
 """
 
-from functions.list_emails import list_emails
-from functions.refresh_tokens import refresh_tokens
-from functions.send_email import send_email
-from functions.token_status import token_status
+import importlib
+from typing import Any
 
-__all__ = ["list_emails", "refresh_tokens", "send_email", "token_status"]
+from shared.targets import TARGETS
+
+__all__ = [target.name for target in TARGETS]
+
+
+def _entry_point(name: str, module: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+for _target in TARGETS:
+    globals()[_target.name] = _entry_point(_target.name, _target.module)

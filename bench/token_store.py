@@ -47,7 +47,7 @@ from bench._common import (
     timed,
     worker_time,
 )
-from shared import config, db, logs, oauth, provider, tokens
+from shared import config, db, logs, oauth, provider, request_types, tokens
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 USER = "bench-user"
@@ -381,7 +381,7 @@ def _refresh_run(
         worker_time() as spent,
     ):
         started = time.perf_counter()
-        result = provider.refresh_due(tokens.DEFAULT_WINDOW_SECONDS)
+        result = provider.refresh_due(request_types.DEFAULT_WINDOW_SECONDS)
         wall = time.perf_counter() - started
     os.environ.pop(config.REFRESH_CONCURRENCY, None)
     cpu.spent["ours"] -= monitor.cpu_s

@@ -28,17 +28,12 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import run_simple
 
 from devtools.embedded_pg import EmbeddedPostgres
-from shared import config, db, schema
+from shared import config, db, schema, targets
 from shared.errors import SkillEmailError
 
 ROOT = Path(__file__).resolve().parent.parent
-# Every target of main.py and the methods it takes (CONTRACT.md), for the index at "/".
-TARGETS = {
-    "send_email": ["POST"],
-    "list_emails": ["GET", "POST"],
-    "refresh_tokens": ["POST"],
-    "token_status": ["GET", "POST"],
-}
+# Every target of main.py and the methods it takes, from the one registry, for the index at "/".
+TARGETS = {target.name: list(target.methods) for target in targets.TARGETS}
 # Settings a developer may set for the local run; shown at start so the run's behaviour is visible.
 PASSED_THROUGH = (
     config.GMAIL_API_ENDPOINT,

@@ -1,8 +1,13 @@
-"""The one clock of the project, so tests can move time in a single place."""
+"""The one clock of the project: wall time, monotonic time and sleeping, so tests move time in one place.
+
+Invariant: no other module calls ``datetime.now``, ``time.monotonic`` or ``time.sleep`` for anything a test
+may need to control (backoff, retry waits, caches with a lifetime); they call these.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 UTC = dt.UTC
 
@@ -10,6 +15,17 @@ UTC = dt.UTC
 def utcnow() -> dt.datetime:
     """Returns the current time as an aware UTC datetime."""
     return dt.datetime.now(UTC)
+
+
+def monotonic() -> float:
+    """Seconds on a clock that never goes back, for deadlines and cache lifetimes."""
+    return time.monotonic()
+
+
+def sleep(seconds: float) -> None:
+    """Waits ``seconds`` (backoff, the wait before a Message-ID search); tests replace it to not wait."""
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def to_naive_utc(value: dt.datetime) -> dt.datetime:

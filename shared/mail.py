@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared import audit, config, idempotency, logs, mime, provider
+from shared import audit, clock, config, idempotency, mime, provider
 from shared.errors import SkillEmailError, Unavailable
 from shared.gmail import GmailClient, SendOutcomeUnknown, StoreCredentials
-from shared.params import USER_FIELDS, Field
+from shared.request_types import ListEmailsRequest, SendEmailRequest, UserRequest
+from shared.web import Call
 
 logger = logging.getLogger(__name__)
 
-MAIL_FIELDS = ("to", "cc", "bcc", "subject", "body", "html", "attachments", "from_name", "reply_to")
-SEND_FIELDS: dict[str, Field] = {
-    **USER_FIELDS,
-    **{name: Field("any", required=name == "to", query_ok=False) for name in MAIL_FIELDS},
-    "reply_to_message_id": Field("str", min_length=1, max_length=256),
-    "thread_id": Field("str", min_length=1, max_length=256),
-}
-LIST_FIELDS: dict[str, Field] = {
-    **USER_FIELDS,
-    "q": Field("str", max_length=2048),
-    "label_ids": Field("str_list", max_length=50),
-    "max_results": Field("int", minimum=1, maximum=500, default=20),
-    "page_token": Field("str", min_length=1, max_length=1024),
-    "include_body": Field("bool", default=False),
-    "include_spam_trash": Field("bool", default=False),
-}
 REPLY_HEADERS = ("Message-ID", "References", "Subject")
 # Gmail indexes a just-sent message for search within a second or two; waiting this long before
 # the rfc822msgid: check makes "not found" mean something.
@@ -44,17 +27,6 @@ SENDER_CACHE_S = 600.0
 
 _senders: dict[tuple[str, int | None], tuple[str, float]] = {}
 _senders_lock = threading.Lock()
-
-
-@dataclass
-class CallLog:
-    """What a request did, for its log line and its audit row."""
-
-    fields: dict[str, Any]
-    started: float = field(default_factory=time.monotonic)
-
-    def duration_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
 
 
 @contextmanager
@@ -78,9 +50,9 @@ def _gmail(
 
 def _audit(
     session: provider.Session,
-    args: dict[str, Any],
+    args: UserRequest,
     action: str,
-    call: CallLog,
+    call: Call,
     *,
     http_status: int,
     error_code: str | None = None,
@@ -90,28 +62,22 @@ def _audit(
         return
     audit.record(
         session.conn,
-        user_id=args.get("user_id"),
-        robeing_id=args.get("robeing_id"),
+        user_id=args.user_id,
+        robeing_id=args.robeing_id,
         action=action,
         status=audit.OK if http_status < 400 else audit.ERROR,
         http_status=http_status,
         duration_ms=call.duration_ms(),
-        gmail_calls=int(call.fields.get("gmail_calls", 0)),
+        gmail_calls=int(call.log.get("gmail_calls", 0)),
         error_code=error_code,
-        trace_id=call.fields.get("trace"),
+        trace_id=call.trace_id,
         **extra,
     )
 
 
-def _trace_id() -> str | None:
-    context = logs.request_context.get() or {}
-    trace = context.get("logging.googleapis.com/trace")
-    return str(trace).rsplit("/", 1)[-1] if trace else None
-
-
 def _sender(client: GmailClient, record: provider.TokenRecord) -> str:
     key = (record.user_id, record.row_id)
-    now = time.monotonic()
+    now = clock.monotonic()
     with _senders_lock:
         cached = _senders.get(key)
     if cached and cached[1] > now:
@@ -122,27 +88,27 @@ def _sender(client: GmailClient, record: provider.TokenRecord) -> str:
     return address
 
 
-def send_email(args: dict[str, Any], idempotency_key: str | None, log: dict[str, Any]) -> dict[str, Any]:
-    """Sends a message from the user's mailbox; see CONTRACT.md, send_email."""
-    mail = mime.parse_outgoing({name: args[name] for name in MAIL_FIELDS if args.get(name) is not None})
-    key = idempotency.validate_key(idempotency_key)
-    call = CallLog(log)
+def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
+    """Sends a message from the user's mailbox; see the README, send_email."""
+    mail = mime.parse_outgoing(args.mail_fields())
+    key = idempotency.validate_key(args.idempotency_key)
+    log = call.log
     with provider.open_session() as session:
         if key is not None and session.conn is None:
             raise Unavailable("Idempotency-Key needs the database (set DATABASE_URL or DB_URL_SECRET)")
         claimed = False
         sent: dict[str, Any] | None = None
         try:
-            with _gmail(session, args["user_id"], args["robeing_id"], log) as (client, record):
+            with _gmail(session, args.user_id, args.robeing_id, log) as (client, record):
                 sender = _sender(client, record)
                 message_id = mime.new_message_id(sender.rpartition("@")[2] or "skill-email.local")
                 if key is not None:
                     assert session.conn is not None
                     claim = idempotency.claim(
                         session.conn,
-                        args["user_id"],
+                        args.user_id,
                         key,
-                        idempotency.fingerprint(args),
+                        idempotency.fingerprint(args.as_body()),
                         message_id=message_id,
                     )
                     if claim.replay is not None:
@@ -165,32 +131,32 @@ def send_email(args: dict[str, Any], idempotency_key: str | None, log: dict[str,
         except SkillEmailError as exc:
             if claimed and session.conn is not None and key is not None:
                 idempotency.release(
-                    session.conn, args["user_id"], key, maybe_sent=bool(exc.details.get("maybe_sent"))
+                    session.conn, args.user_id, key, maybe_sent=bool(exc.details.get("maybe_sent"))
                 )
             _audit(session, args, audit.SEND, call, http_status=exc.status, error_code=exc.code)
             raise
         except Exception:
             if claimed and session.conn is not None and key is not None:
-                idempotency.release(session.conn, args["user_id"], key, maybe_sent=True)
+                idempotency.release(session.conn, args.user_id, key, maybe_sent=True)
             raise
         # Outside the try: Gmail has the message now, so nothing below may free the key for a resend.
-        return _finish_send(session, args, key, call, sent, log)
+        return _finish_send(session, args, key, call, sent)
 
 
 def _send(
-    client: GmailClient, mail: mime.OutgoingMail, sender: str, message_id: str, args: dict[str, Any]
+    client: GmailClient, mail: mime.OutgoingMail, sender: str, message_id: str, args: SendEmailRequest
 ) -> dict[str, Any]:
     reply = None
-    if args.get("reply_to_message_id"):
-        original = client.get_message(args["reply_to_message_id"], fmt="metadata", headers=REPLY_HEADERS)
+    if args.reply_to_message_id:
+        original = client.get_message(args.reply_to_message_id, fmt="metadata", headers=REPLY_HEADERS)
         reply = mime.reply_context_from_gmail(original)
-    thread_id = args.get("thread_id") or (reply.thread_id if reply else None)
+    thread_id = args.thread_id or (reply.thread_id if reply else None)
     raw = mime.to_raw(mime.build_message(mail, sender, message_id=message_id, reply=reply))
     try:
         return client.send(raw, thread_id)
     except SendOutcomeUnknown as exc:
         # Gmail may have sent it. Look for our Message-ID before saying anything; never re-post blindly.
-        time.sleep(UNKNOWN_OUTCOME_WAIT_S)
+        clock.sleep(UNKNOWN_OUTCOME_WAIT_S)
         found = _search_sent(client, message_id)
         if found is not None:
             logger.info("send outcome confirmed by Message-ID search after: %s", exc)
@@ -219,11 +185,10 @@ def _search_sent(client: GmailClient, message_id: str) -> dict[str, Any] | None:
 
 def _finish_send(
     session: provider.Session,
-    args: dict[str, Any],
+    args: SendEmailRequest,
     key: str | None,
-    call: CallLog,
+    call: Call,
     result: dict[str, Any],
-    log: dict[str, Any],
 ) -> dict[str, Any]:
     body = {
         "id": result.get("id"),
@@ -232,12 +197,12 @@ def _finish_send(
     }
     if key is not None and session.conn is not None:
         try:
-            idempotency.complete(session.conn, args["user_id"], key, status=200, body=body)
+            idempotency.complete(session.conn, args.user_id, key, status=200, body=body)
         except SkillEmailError as exc:
             # The mail is sent: answer so. The record stays in progress, and a retry with this key
             # takes it over once stale and finds the message by its Message-ID instead of resending.
             logger.warning("sent, but the Idempotency-Key record was not completed: %s", exc.code)
-    log["gmail_message_id"] = body["id"]
+    call.log["gmail_message_id"] = body["id"]
     _audit(
         session,
         args,
@@ -250,31 +215,29 @@ def _finish_send(
     return body
 
 
-def list_emails(args: dict[str, Any], log: dict[str, Any]) -> dict[str, Any]:
-    """Lists or searches the user's messages; see CONTRACT.md, list_emails."""
-    call = CallLog(log)
+def list_emails(args: ListEmailsRequest, call: Call) -> dict[str, Any]:
+    """Lists or searches the user's messages; see the README, list_emails."""
     with provider.open_session() as session:
         try:
-            with _gmail(session, args["user_id"], args["robeing_id"], log) as (client, _record):
+            with _gmail(session, args.user_id, args.robeing_id, call.log) as (client, _record):
                 listed = client.list_messages(
-                    q=args["q"],
-                    label_ids=args["label_ids"],
-                    max_results=args["max_results"],
-                    page_token=args["page_token"],
-                    include_spam_trash=args["include_spam_trash"],
+                    q=args.q,
+                    label_ids=args.label_ids,
+                    max_results=args.max_results,
+                    page_token=args.page_token,
+                    include_spam_trash=args.include_spam_trash,
                 )
                 ids = [str(item["id"]) for item in listed.get("messages") or [] if item.get("id")]
                 # format=full even without bodies: only it describes the MIME parts, so only it can
                 # list attachments; the bodies it carries are dropped unless include_body.
                 resources = client.get_messages(ids, fmt="full") if ids else []
             messages = [
-                mime.parse_gmail_message(resource, include_body=args["include_body"])
-                for resource in resources
+                mime.parse_gmail_message(resource, include_body=args.include_body) for resource in resources
             ]
         except SkillEmailError as exc:
             _audit(session, args, audit.LIST, call, http_status=exc.status, error_code=exc.code)
             raise
-        log["result_count"] = len(messages)
+        call.log["result_count"] = len(messages)
         _audit(session, args, audit.LIST, call, http_status=200, result_count=len(messages))
         return {
             "messages": messages,

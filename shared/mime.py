@@ -29,6 +29,7 @@ from email.message import EmailMessage
 from email.policy import Policy
 
 from shared import clock, errors
+from shared.request_types import MAIL_FIELDS
 
 # Gmail caps a message at 500 recipients (To, Cc and Bcc together) for consumer accounts and at 500
 # external ones for Workspace; asking for more only earns a Gmail error after the work is done.
@@ -44,9 +45,7 @@ MAX_LOCAL_PART_CHARS = 64
 # RFC 5322 forbids lines longer than 998 octets; a longer text line forces base64.
 _MAX_7BIT_LINE = 998
 
-_MAIL_FIELDS = frozenset(
-    {"to", "cc", "bcc", "subject", "body", "html", "attachments", "from_name", "reply_to"}
-)
+_MAIL_FIELDS = frozenset(MAIL_FIELDS)
 _ATTACHMENT_FIELDS = frozenset({"filename", "content", "mime_type"})
 
 _CR_LF = re.compile(r"[\r\n]")

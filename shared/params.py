@@ -1,6 +1,8 @@
-"""Request parsing: GET query parameters or a POST JSON object, checked against a field list.
+"""Request parsing: GET query parameters or a POST JSON object, checked against a typed request's schema.
 
 Unknown fields are rejected (400, naming the field) so that a caller's typo is never silently ignored.
+The schemas themselves (which fields each target takes) live in ``request_types``; this module owns
+only the checking.
 """
 
 from __future__ import annotations
@@ -8,15 +10,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Request
+from flask import Request as FlaskRequest
 
 from shared.errors import InvalidArgument, PayloadTooLarge
 
-# A send with 24 MiB of attachments is ~32 MiB of base64 plus the JSON around it.
-MAX_SEND_BODY_BYTES = 34 * 1024 * 1024
-# Every other request is a handful of short fields.
+if TYPE_CHECKING:
+    from shared.request_types import Request
+
+R = TypeVar("R", bound="Request")
+
+# A request is a handful of short fields.
 MAX_BODY_BYTES = 64 * 1024
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
@@ -41,14 +46,11 @@ def ident(max_length: int, required: bool = False) -> Field:
     return Field("id", required=required, min_length=1, max_length=max_length)
 
 
-USER_FIELDS: dict[str, Field] = {"user_id": ident(100, required=True), "robeing_id": ident(50)}
-
-
-def parse(request: Request, fields: Mapping[str, Field], max_body: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """Reads the request's fields (query for GET, JSON object for POST) and checks every one.
+def parse(request: FlaskRequest, request_type: type[R], max_body: int = MAX_BODY_BYTES) -> R:
+    """Reads a request (query for GET, JSON object for POST) as ``request_type``, checking every field.
 
     Returns:
-        Every declared field, with its default when absent.
+        The typed request: every declared field, with its default when absent, and the declared headers.
 
     Raises:
         InvalidArgument: bad JSON, an unknown, missing or malformed field.
@@ -65,6 +67,23 @@ def parse(request: Request, fields: Mapping[str, Field], max_body: int = MAX_BOD
     else:
         raw = _json_object(request, max_body)
         from_query = False
+    headers = {name: request.headers.get(header) for name, header in request_type.HEADERS.items()}
+    return build(request_type, raw, from_query=from_query, headers=headers)
+
+
+def build(
+    request_type: type[R],
+    raw: Mapping[str, Any],
+    *,
+    from_query: bool = False,
+    headers: Mapping[str, str | None] | None = None,
+) -> R:
+    """Checks already-decoded fields (a JSON object, query values, MCP tool arguments) as ``request_type``.
+
+    Raises:
+        InvalidArgument: an unknown, missing or malformed field.
+    """
+    fields = request_type.FIELDS
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise InvalidArgument(f"unknown field: {unknown[0]}")
@@ -78,10 +97,12 @@ def parse(request: Request, fields: Mapping[str, Field], max_body: int = MAX_BOD
         if from_query and not spec.query_ok:
             raise InvalidArgument(f"{name}: not accepted as a query parameter; POST JSON instead")
         parsed[name] = _check(name, spec, raw[name], from_query)
-    return parsed
+    for name in request_type.HEADERS:
+        parsed[name] = (headers or {}).get(name)
+    return request_type(**parsed)
 
 
-def _json_object(request: Request, max_body: int) -> dict[str, Any]:
+def _json_object(request: FlaskRequest, max_body: int) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > max_body:
         raise PayloadTooLarge(f"the request body is over {max_body} bytes")

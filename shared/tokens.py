@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 # Treat a token as expired this long before Google does, so a call that starts with it still has a
 # valid token when it reaches Gmail (google-auth uses 3 m 45 s; a large upload can take longer).
 EXPIRY_MARGIN = timedelta(minutes=5)
-DEFAULT_WINDOW_SECONDS = 900
-MAX_WINDOW_SECONDS = 7 * 24 * 3600
 
 
 def _fingerprint_sql(token_data: str, oauth_config: str) -> str:

@@ -1,23 +1,25 @@
-"""HTTP mapping: the one place where results and errors become responses, and each request is logged."""
+"""HTTP mapping: the one place where requests become typed calls and results and errors become responses.
+
+Invariants: every request is answered with JSON (or the target's own ``flask.Response``), never an HTML
+page or a traceback; every request is logged once, with its target, ids, trace and outcome.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import flask
 
-from shared import config, logs
+from shared import clock, config, logs, params, targets
 from shared.errors import Internal, MethodNotAllowed, SkillEmailError
 
 logger = logging.getLogger("skill_email.request")
-
-Handler = Callable[[flask.Request, dict[str, Any]], Any]
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
@@ -51,18 +53,48 @@ def _trace(request: flask.Request) -> str | None:
     trace_id = header.split("/", 1)[0].strip()
     if not trace_id or len(trace_id) > 64 or not trace_id.isalnum():
         return None
-    settings_project = config.load_settings().project
-    return f"projects/{settings_project}/traces/{trace_id}" if settings_project else trace_id
+    return trace_id
 
 
-def http_function(
-    target: str, methods: tuple[str, ...]
-) -> Callable[[Handler], Callable[[flask.Request], Any]]:
-    """Wraps a target: method check, request context for logs, error mapping, one log line per request.
+@dataclass
+class Call:
+    """One request's context, owned here: its target, ids, timing, and the fields of its log line.
 
-    The wrapped function takes the request and a mutable ``log`` dict (user_id, gmail_calls, ...) that
-    ends up in the request's log line, and returns a JSON-able body or a ``flask.Response``.
+    Handlers add to ``log`` (user_id, gmail_calls, ...); it ends up in the request's one log line, and
+    audit rows read ``trace_id`` and ``duration_ms`` from here.
     """
+
+    target: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    trace_id: str | None = None
+    log: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=clock.monotonic)
+
+    def duration_ms(self) -> int:
+        """Milliseconds since the request arrived."""
+        return int((clock.monotonic() - self.started) * 1000)
+
+    def log_context(self) -> dict[str, Any]:
+        """The fields every log line of this request carries (Cloud Logging joins them on the trace)."""
+        context: dict[str, Any] = {"target": self.target, "request_id": self.request_id}
+        if self.trace_id:
+            project = config.load_settings().project
+            context["logging.googleapis.com/trace"] = (
+                f"projects/{project}/traces/{self.trace_id}" if project else self.trace_id
+            )
+        return context
+
+
+Handler = Callable[[Any, Call], Any]
+
+
+def http_function(name: str) -> Callable[[Handler], Callable[[flask.Request], Any]]:
+    """Wraps the registered target ``name``: method check, typed request, log context, error mapping.
+
+    The wrapped function takes the typed request (``targets.get(name).request``) and the ``Call``, and
+    returns a JSON-able body or a ``flask.Response``.
+    """
+    target = targets.get(name)
 
     def decorate(handle: Handler) -> Callable[[flask.Request], Any]:
         @functools.wraps(handle)
@@ -71,28 +103,23 @@ def http_function(
                 logs.configure(config.load_settings().log_level)
             except SkillEmailError:
                 logs.configure("INFO")
-            started = time.perf_counter()
-            context: dict[str, Any] = {"target": target, "request_id": uuid.uuid4().hex[:16]}
-            trace = _trace(request)
-            if trace:
-                context["logging.googleapis.com/trace"] = trace
+            call = Call(target=name, trace_id=_trace(request))
+            context = call.log_context()
             token = logs.request_context.set(context)
-            fields: dict[str, Any] = {}
             try:
-                response = _respond(handle, request, methods, fields)
+                response = _respond(handle, request, target, call)
             finally:
                 logs.request_context.reset(token)
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
             level = logging.ERROR if response.status_code >= 500 else logging.INFO
             log_fields = {
                 **context,
-                **fields,
+                **call.log,
                 "status": response.status_code,
-                "duration_ms": duration_ms,
+                "duration_ms": round((clock.monotonic() - call.started) * 1000, 1),
                 "method": request.method,
             }
             logger.log(
-                level, "%s %s %d", request.method, target, response.status_code, extra={"fields": log_fields}
+                level, "%s %s %d", request.method, name, response.status_code, extra={"fields": log_fields}
             )
             return response
 
@@ -101,20 +128,23 @@ def http_function(
     return decorate
 
 
-def _respond(
-    handle: Handler, request: flask.Request, methods: tuple[str, ...], fields: dict[str, Any]
-) -> flask.Response:
+def _respond(handle: Handler, request: flask.Request, target: targets.Target, call: Call) -> flask.Response:
     try:
-        if request.method not in methods:
+        if request.method not in target.methods:
             raise MethodNotAllowed(
-                f"{request.method} is not allowed here; use {' or '.join(methods)}", allowed=methods
+                f"{request.method} is not allowed here; use {' or '.join(target.methods)}",
+                allowed=target.methods,
             )
-        result = handle(request, fields)
+        args = params.parse(request, target.request, max_body=target.max_body)
+        for name in ("user_id", "robeing_id"):
+            if getattr(args, name, None) is not None:
+                call.log[name] = getattr(args, name)
+        result = handle(args, call)
         if isinstance(result, flask.Response):
             return result
         return json_response(result)
     except SkillEmailError as error:
-        fields["error_code"] = error.code
+        call.log["error_code"] = error.code
         if error.status >= 500:
             logger.error("%s: %s", error.code, error.message, exc_info=error.__cause__ is not None)
             if isinstance(error, Internal):
@@ -122,6 +152,6 @@ def _respond(
                 return error_response(Internal("internal error"))
         return error_response(error)
     except Exception:
-        fields["error_code"] = "internal"
+        call.log["error_code"] = "internal"
         logger.exception("unhandled error")
         return error_response(Internal("internal error"))

@@ -28,6 +28,7 @@ from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
 
 from shared import gmail as gmail_module
+from shared import targets
 from tests.conftest import MAILBOX, insert_row, row
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
@@ -35,7 +36,7 @@ from tests.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "docs" / "openapi.yaml"
 SPEC_URI = "urn:skill-email:openapi"
-TARGETS = ("send_email", "list_emails", "refresh_tokens", "token_status")
+TARGETS = tuple(target.name for target in targets.TARGETS)
 
 MiB = 1024 * 1024
 

@@ -1,0 +1,123 @@
+"""The typed request of every target: its fields, their bounds, and the headers it reads.
+
+Each request type declares its schema once, in ``FIELDS`` (and ``HEADERS`` for request headers such as
+``Idempotency-Key``). ``params.parse`` checks a request against that schema and returns an instance;
+the registry in ``targets`` names the type per target, and the OpenAPI checks and (later) the MCP tool
+schemas read the same declarations, so the field lists cannot drift apart.
+
+Invariant: importing this module is cheap (no Google, database or MIME code), because every target's
+cold start imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from shared.params import Field, ident
+
+USER_FIELDS: dict[str, Field] = {"user_id": ident(100, required=True), "robeing_id": ident(50)}
+# The scheduled run's default window, and the longest a caller may ask for (a week: past that,
+# "due" means every token, which is what a user-less refresh of everything would be).
+DEFAULT_WINDOW_SECONDS = 900
+MAX_WINDOW_SECONDS = 7 * 24 * 3600
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+
+
+@dataclass(frozen=True)
+class Request:
+    """Base of every typed request: ``FIELDS`` is its body or query schema, ``HEADERS`` its headers."""
+
+    FIELDS: ClassVar[dict[str, Field]] = {}
+    HEADERS: ClassVar[dict[str, str]] = {}
+
+    def as_body(self) -> dict[str, Any]:
+        """The request's body fields (headers excluded), every declared one, defaults included."""
+        return {item.name: getattr(self, item.name) for item in fields(self) if item.name in self.FIELDS}
+
+
+@dataclass(frozen=True)
+class UserRequest(Request):
+    """A request about one person's mailbox: ``user_id`` and, optionally, the robeing it is for."""
+
+    user_id: str
+    robeing_id: str | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = USER_FIELDS
+
+
+@dataclass(frozen=True)
+class TokenStatusRequest(UserRequest):
+    """``token_status``."""
+
+
+@dataclass(frozen=True)
+class RefreshTokensRequest(Request):
+    """``refresh_tokens``: one user's token now (``user_id``), or the scheduled run (no user)."""
+
+    user_id: str | None = None
+    robeing_id: str | None = None
+    window_seconds: int = DEFAULT_WINDOW_SECONDS
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "user_id": ident(100),
+        "robeing_id": ident(50),
+        "window_seconds": Field("int", minimum=0, maximum=MAX_WINDOW_SECONDS, default=DEFAULT_WINDOW_SECONDS),
+    }
+
+
+@dataclass(frozen=True)
+class ListEmailsRequest(UserRequest):
+    """``list_emails``."""
+
+    q: str | None = None
+    label_ids: list[str] | None = None
+    max_results: int = 20
+    page_token: str | None = None
+    include_body: bool = False
+    include_spam_trash: bool = False
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        "q": Field("str", max_length=2048),
+        "label_ids": Field("str_list", max_length=50),
+        "max_results": Field("int", minimum=1, maximum=500, default=20),
+        "page_token": Field("str", min_length=1, max_length=1024),
+        "include_body": Field("bool", default=False),
+        "include_spam_trash": Field("bool", default=False),
+    }
+
+
+# The fields that describe the message itself. They are checked in depth by the MIME request parser
+# (addresses, base64, CR/LF), so here they are only declared; this is the one list of them.
+MAIL_FIELDS = ("to", "cc", "bcc", "subject", "body", "html", "attachments", "from_name", "reply_to")
+
+
+@dataclass(frozen=True)
+class SendEmailRequest(UserRequest):
+    """``send_email`` (and, later, ``create_draft``): the message's fields, unchecked until composed."""
+
+    to: Any = None
+    cc: Any = None
+    bcc: Any = None
+    subject: Any = None
+    body: Any = None
+    html: Any = None
+    attachments: Any = None
+    from_name: Any = None
+    reply_to: Any = None
+    reply_to_message_id: str | None = None
+    thread_id: str | None = None
+    idempotency_key: str | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        **{name: Field("any", required=name == "to", query_ok=False) for name in MAIL_FIELDS},
+        "reply_to_message_id": Field("str", min_length=1, max_length=256),
+        "thread_id": Field("str", min_length=1, max_length=256),
+    }
+    HEADERS: ClassVar[dict[str, str]] = {"idempotency_key": IDEMPOTENCY_KEY_HEADER}
+
+    def mail_fields(self) -> dict[str, Any]:
+        """The message's fields that were given, for the MIME request parser."""
+        return {name: getattr(self, name) for name in MAIL_FIELDS if getattr(self, name) is not None}

@@ -1,0 +1,87 @@
+"""The one registry of targets: each target's name, methods, request type and body limit, declared once.
+
+``main.py`` exports these, the local server mounts them, ``deploy.sh`` deploys them (through
+``python -m shared.targets``), and the OpenAPI checks and tests read them. Adding a target is one entry
+here plus its entry point ``functions/<name>.py``; nothing else keeps a list that could drift.
+
+Invariant: importing this module is cheap; it names request types, never the code that serves them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from shared import request_types as rt
+from shared.params import MAX_BODY_BYTES
+
+# A send with 24 MiB of attachments is ~32 MiB of base64 plus the JSON around it.
+MAX_SEND_BODY_BYTES = 34 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployable function."""
+
+    name: str
+    methods: tuple[str, ...]
+    request: type[rt.Request]
+    summary: str
+    max_body: int = MAX_BODY_BYTES
+
+    @property
+    def module(self) -> str:
+        """The entry point's module; its function has the target's name."""
+        return f"functions.{self.name}"
+
+
+TARGETS: tuple[Target, ...] = (
+    Target(
+        "send_email",
+        ("POST",),
+        rt.SendEmailRequest,
+        "sends a message from the user's Gmail mailbox",
+        max_body=MAX_SEND_BODY_BYTES,
+    ),
+    Target(
+        "list_emails",
+        ("GET", "POST"),
+        rt.ListEmailsRequest,
+        "lists / searches the user's messages, with decoded headers and optionally bodies",
+    ),
+    Target(
+        "refresh_tokens",
+        ("POST",),
+        rt.RefreshTokensRequest,
+        "refreshes one user's token now, or every equipped token close to expiry (Cloud Scheduler)",
+    ),
+    Target(
+        "token_status",
+        ("GET", "POST"),
+        rt.TokenStatusRequest,
+        "tells whether a user has a usable token; never returns token values",
+    ),
+)
+
+BY_NAME: dict[str, Target] = {target.name: target for target in TARGETS}
+
+
+def get(name: str) -> Target:
+    """The registered target called ``name``.
+
+    Raises:
+        KeyError: no such target (a bug: an entry point whose name is not registered).
+    """
+    return BY_NAME[name]
+
+
+def main(argv: list[str]) -> int:
+    """``python -m shared.targets``: one line per target, ``NAME METHODS``, for deploy.sh."""
+    del argv
+    for target in TARGETS:
+        print(target.name, ",".join(target.methods))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
