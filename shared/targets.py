@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from shared import request_types as rt
 from shared.params import MAX_BODY_BYTES
 
+# The caller roles of CONTRACT.md's "Callers". The operator may call every target; ``Target.roles`` names
+# who else may, and deploy.sh grants run.invoker per function from the same list.
+ROBEING = "robeing"
+SCHEDULER = "scheduler"
+OPERATOR = "operator"
+
 # A send with 24 MiB of attachments is ~32 MiB of base64 plus the JSON around it.
 MAX_SEND_BODY_BYTES = 34 * 1024 * 1024
 
@@ -28,6 +34,8 @@ class Target:
     request: type[rt.Request]
     summary: str
     max_body: int = MAX_BODY_BYTES
+    # Who besides the operator may call it (and so gets run.invoker on it when deployed).
+    roles: tuple[str, ...] = (ROBEING,)
 
     @property
     def module(self) -> str:
@@ -54,6 +62,7 @@ TARGETS: tuple[Target, ...] = (
         ("POST",),
         rt.RefreshTokensRequest,
         "refreshes one user's token now, or every equipped token close to expiry (Cloud Scheduler)",
+        roles=(SCHEDULER,),
     ),
     Target(
         "token_status",
