@@ -226,7 +226,12 @@ class GmailClient:
         self._sleep(delay)
         return True
 
-    def _execute(self, make_request: Callable[[], Any]) -> Any:
+    def execute(self, make_request: Callable[[], Any]) -> Any:
+        """Runs a request that is safe to repeat (reads, and writes that set a state), with capped retries.
+
+        ``make_request`` builds a fresh googleapiclient request per attempt. 429, rate-limit 403s and 5xx
+        are retried with backoff, at most ``ATTEMPTS`` times within ``RETRY_BUDGET_S``.
+        """
         started = time.monotonic()
         for attempt in range(1, ATTEMPTS + 1):
             try:
@@ -247,7 +252,7 @@ class GmailClient:
 
     def email_address(self) -> str:
         """The mailbox's own address (users.getProfile)."""
-        profile = self._execute(lambda: self.service.users().getProfile(userId="me"))
+        profile = self.execute(lambda: self.service.users().getProfile(userId="me"))
         address = profile.get("emailAddress") if isinstance(profile, dict) else None
         if not address:
             raise UpstreamError("Gmail's profile has no email address")
@@ -278,7 +283,7 @@ class GmailClient:
                 )
             )
 
-        result = self._execute(make)
+        result = self.execute(make)
         return result if isinstance(result, dict) else {}
 
     def get_message(
@@ -298,7 +303,7 @@ class GmailClient:
                 )
             )
 
-        result = self._execute(make)
+        result = self.execute(make)
         return result if isinstance(result, dict) else {}
 
     def get_messages(
@@ -387,10 +392,19 @@ class GmailClient:
             media = MediaIoBaseUpload(io.BytesIO(raw), mimetype="message/rfc822", resumable=False)
             return messages.send(userId="me", body=body, media_body=media)
 
+        return self.execute_once(make)
+
+    def execute_once(self, make_request: Callable[[], Any]) -> dict[str, Any]:
+        """Runs a request that must not happen twice (a send): re-posted only if Gmail provably refused it.
+
+        Raises:
+            SendOutcomeUnknown: a 5xx or a broken connection after the request went out; the caller must
+                look for the result (by Message-ID) before anything is sent again.
+        """
         started = time.monotonic()
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                result = make().execute(http=self.http)
+                result = make_request().execute(http=self.http)
                 return result if isinstance(result, dict) else {}
             except HttpError as exc:
                 failure = classify(exc)
