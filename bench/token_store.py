@@ -47,8 +47,8 @@ from bench._common import (
     timed,
     worker_time,
 )
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import config, db, logs, oauth, provider, request_types, tokens
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 USER = "bench-user"
 USER_REFRESH_TOKEN = "bench-user-refresh"

@@ -3,6 +3,7 @@ functions served through functions-framework, and a guard that no secret ever re
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -18,10 +19,15 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from devtools.embedded_pg import DEFAULT_PASSWORD, EmbeddedPostgres
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 from shared import config, db, logs, schema, tokens
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The fakes moved from tests/fakes/ to devtools/fakes/ (the sandbox serves them too). Branches written before
+# the move still say `tests.fakes`; the old names stay importable as aliases of the same modules (not copies).
+for _module in ("", "._server", ".gmail", ".oauth", ".secret_manager"):
+    sys.modules["tests.fakes" + _module] = importlib.import_module("devtools.fakes" + _module)
 TEST_DATABASE = "skill_email_test"
 
 # Every secret value a test creates is registered here; the log guard fails a test whose log lines
@@ -197,8 +203,8 @@ MAILBOX = "hong.gildong@example.com"
 @pytest.fixture
 def gmail(token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """FakeGmail for MAILBOX, trusting every token the fake endpoint issues; the functions point at it."""
+    from devtools.fakes.gmail import FakeGmail
     from shared import mail
-    from tests.fakes.gmail import FakeGmail
 
     with FakeGmail(email_address=MAILBOX) as fake:
         fake.trust(token_endpoint)

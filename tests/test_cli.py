@@ -22,10 +22,10 @@ from urllib.parse import unquote_plus, urlencode
 import pytest
 import requests
 
+from devtools.fakes._server import FakeServer, RecordedRequest, Response
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import cli, db, schema
 from tests.conftest import ROOT, TEST_DATABASE, create_database, insert_row, secret
-from tests.fakes._server import FakeServer, RecordedRequest, Response
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from devtools.fakes.secret_manager import FakeSecretManager
 from shared import crypto, db, tokens
 from tests.conftest import SECRET_VALUES, row
-from tests.fakes.secret_manager import FakeSecretManager
 
 
 def keyring(primary: str, *names: str, keys: dict[str, str]) -> str:

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared.errors import InvalidArgument
 from shared.file_tokens import FileTokenStore
 from tests.conftest import secret
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 
 @pytest.fixture

@@ -27,11 +27,11 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
 
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
 from shared import gmail as gmail_module
 from shared import targets
 from tests.conftest import MAILBOX, insert_row, row
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "docs" / "openapi.yaml"

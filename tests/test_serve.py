@@ -30,9 +30,9 @@ import requests
 
 from devtools import serve
 from devtools.embedded_pg import DEFAULT_PASSWORD
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import cli
 from tests.conftest import ROOT, secret
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 # First start initialises a cluster (initdb, a few seconds); later starts take about a second.
 START_TIMEOUT_S = 90

@@ -8,9 +8,9 @@ from datetime import datetime
 import pytest
 import responses
 
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import db, provider, tokens
 from tests.conftest import insert_row, row, secret, utc_in
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 
 def status(client, **body):  # type: ignore[no-untyped-def]

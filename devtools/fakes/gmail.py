@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import TYPE_CHECKING, Any
 
-from tests.fakes._server import (
+from devtools.fakes._server import (
     FailRule,
     FakeServer,
     RecordedRequest,
@@ -59,7 +59,7 @@ from tests.fakes._server import (
 )
 
 if TYPE_CHECKING:
-    from tests.fakes.oauth import FakeTokenEndpoint
+    from devtools.fakes.oauth import FakeTokenEndpoint
 
 DEFAULT_EMAIL = "me@example.com"
 DEFAULT_TOKEN = "test-access-token"
