@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The two commands of this project, needing only Python 3.11+ and PyPI:
 
-    python3 tasks.py serve    run all four functions on http://localhost:8080 over an embedded PostgreSQL
+    python3 tasks.py serve    run every function on http://localhost:8080 over an embedded PostgreSQL
+                              (--sandbox: against a local Google, with a demo mailbox and user)
     python3 tasks.py test     run the whole test suite (extra arguments go to pytest)
     python3 tasks.py check    ruff, ruff format --check and mypy
 
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -60,6 +62,16 @@ def run(args: list[str]) -> int:
     return subprocess.call([str(PYTHON), *args])
 
 
+def become(args: list[str]) -> NoReturn:
+    """Replaces this process with ``.venv/bin/python ARGS``: the server (or pytest) keeps this PID, so
+    ``kill PID`` or Ctrl-C reaches it directly and it stops the functions and PostgreSQL itself; a child
+    process would be left running by a signal to this one."""
+    os.chdir(ROOT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(str(PYTHON), [str(PYTHON), *args])  # noqa: S606 (our venv's python, fixed arguments)
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     if command not in ("serve", "test", "check"):
@@ -67,9 +79,9 @@ def main(argv: list[str]) -> int:
         return 0 if command in ("help", "-h", "--help") else 2
     ensure_venv()
     if command == "serve":
-        return run(["-m", "devtools.serve", *argv[1:]])
+        become(["-m", "devtools.serve", *argv[1:]])
     if command == "test":
-        return run(["-m", "pytest", *argv[1:]])
+        become(["-m", "pytest", *argv[1:]])
     status = run(["-m", "ruff", "check", "."])
     status |= run(["-m", "ruff", "format", "--check", "."])
     status |= run(["-m", "mypy"])

@@ -67,6 +67,13 @@ def parse(request: FlaskRequest, request_type: type[R], max_body: int = MAX_BODY
     else:
         raw = _json_object(request, max_body)
         from_query = False
+        # A POST reads only its JSON body; a field left in the query string would be silently ignored.
+        misplaced = sorted(name for name in request.args if name in request_type.FIELDS and name not in raw)
+        if misplaced:
+            raise InvalidArgument(
+                f"{misplaced[0]}: given in the query string, which a POST does not read; "
+                "send it in the JSON body (Content-Type: application/json)"
+            )
     headers = {name: request.headers.get(header) for name, header in request_type.HEADERS.items()}
     return build(request_type, raw, from_query=from_query, headers=headers)
 

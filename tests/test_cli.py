@@ -395,3 +395,10 @@ def test_audit_command_prints_a_users_rows(database_url, conn, capsys):
     assert cli.main(["audit", "aud"]) == 0
     line = capsys.readouterr().out.strip()
     assert '"gmail_message_id": "m1"' in line and '"http_status": 200' in line
+
+
+def test_help_shows_plain_text_not_rest_markup() -> None:
+    # The module docstring is reST (``...``); --help is read in a terminal, where backticks are noise.
+    text = cli.build_parser().format_help()
+    assert "``" not in text
+    assert "python -m shared.cli --help lists them" in text
