@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -23,6 +24,9 @@ from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeT
 from shared import config, db, logs, schema, tokens
 
 ROOT = Path(__file__).resolve().parent.parent
+# The client package (client/) is tested from this checkout, importable on a fresh clone without
+# installing it; an installed copy elsewhere in the venv never shadows the code under test.
+sys.path.insert(0, str(ROOT / "client"))
 
 # The fakes moved from tests/fakes/ to devtools/fakes/ (the sandbox serves them too). Branches written before
 # the move still say `tests.fakes`; the old names stay importable as aliases of the same modules (not copies).
@@ -57,12 +61,13 @@ def pg_admin_url() -> Iterator[str]:
     if external:
         yield external
         return
-    data_dir = Path(tempfile.mkdtemp(prefix="skill-email-test-")) / "pgdata"
-    server = EmbeddedPostgres(data_dir, durable=False).start()
+    work_dir = Path(tempfile.mkdtemp(prefix="skill-email-test-"))
+    server = EmbeddedPostgres(work_dir / "pgdata", durable=False).start()
     try:
         yield server.tcp_url()
     finally:
         server.destroy()
+        shutil.rmtree(work_dir, ignore_errors=True)  # destroy() removes pgdata, not the folder around it
 
 
 def create_database(admin_url: str, name: str) -> str:

@@ -1,0 +1,167 @@
+"""The sandbox of ``python3 tasks.py serve --sandbox``: a local Google, a demo mailbox and a connected user.
+
+Google's token endpoint and Gmail are the fakes the tests use (``devtools/fakes``), on 127.0.0.1 ports of
+their own, so nothing leaves the machine. The functions reach them through the same settings a deployment
+could change (``GMAIL_API_ENDPOINT``, the row's ``token_uri`` allowed by ``ALLOWED_TOKEN_URIS``), so they
+run exactly the code a deployed function runs. Whatever Gmail operation the fake supports (send, list,
+get, batch, upload, and what later targets add to it) works here with no change in this module.
+
+Invariants: the demo user's row is written afresh at every start (the fakes' ports change, and the
+mailbox lives in memory, so it is re-seeded too); real users' rows in the same database are untouched.
+``/_sandbox`` is a small control surface for robeing developers: deliver new mail, queue a Gmail failure
+(to try a robeing's handling of 429 and 503), and read what was sent.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+import json
+import secrets
+from collections.abc import Iterable
+from email.message import EmailMessage
+from typing import Any
+
+from devtools import demo_mailbox
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
+from shared import config, db, tokens
+
+DEMO_USER = "demo"
+SCOPES = tuple(
+    f"https://www.googleapis.com/auth/gmail.{name}" for name in ("modify", "compose", "send", "readonly")
+)
+# Where watch_mailbox asks Gmail to publish; the fake accepts any topic name.
+PUBSUB_TOPIC = "projects/sandbox/topics/gmail"
+# The control surface takes small JSON objects only.
+MAX_CONTROL_BODY = 64 * 1024
+
+
+class Sandbox:
+    """The fakes, the seeded mailbox and the demo user's token; ``close()`` stops the fakes."""
+
+    def __init__(self) -> None:
+        self.oauth = FakeTokenEndpoint(scope=" ".join(SCOPES)).start()
+        self.gmail = FakeGmail(email_address=demo_mailbox.DEMO_ADDRESS, tokens=()).start()
+        self.gmail.trust(self.oauth)
+        self.seeded = demo_mailbox.seed(self.gmail)
+
+    @property
+    def token_uri(self) -> str:
+        return f"{self.oauth.url}/token"
+
+    def environment(self) -> dict[str, str]:
+        """The settings that point the functions at the fakes (they run in this process)."""
+        return {
+            config.GMAIL_API_ENDPOINT: self.gmail.url,
+            "ALLOWED_TOKEN_URIS": self.token_uri,
+            "PUBSUB_TOPIC": PUBSUB_TOPIC,
+        }
+
+    def connect_demo_user(self, database_url: str) -> str:
+        """Stores the demo user's token (a new refresh token the fake endpoint knows) as an equipped row."""
+        refresh_token = f"1//sandbox-{secrets.token_urlsafe(16)}"
+        self.oauth.add_refresh_token(refresh_token, DEFAULT_CLIENT_ID)
+        values = tokens.authorized_user_to_row(
+            {
+                "refresh_token": refresh_token,
+                "client_id": DEFAULT_CLIENT_ID,
+                "client_secret": DEFAULT_CLIENT_SECRET,
+                "token_uri": self.token_uri,
+                "scopes": list(SCOPES),
+            }
+        )
+        with db.connection(db.parse_database_url(database_url)) as conn:
+            return tokens.store_token(conn, DEMO_USER, values)
+
+    def deliver(self, fields: dict[str, Any]) -> dict[str, str]:
+        """Puts a new message in the demo INBOX, as if someone had just written to the demo user."""
+        message = EmailMessage()
+        message["From"] = str(fields.get("from") or "Alice Kim <alice@example.com>")
+        message["To"] = demo_mailbox.DEMO_ADDRESS
+        message["Subject"] = str(fields.get("subject") or "New mail")
+        message["Date"] = email.utils.formatdate(usegmt=True)
+        message["Message-ID"] = email.utils.make_msgid(domain="sandbox.example")
+        message.set_content(str(fields.get("body") or ""))
+        thread_id = fields.get("thread_id")
+        message_id = self.gmail.add_message(
+            message.as_bytes(), thread_id=thread_id if isinstance(thread_id, str) else None
+        )
+        stored = self.gmail.message(message_id)
+        return {"id": message_id, "thread_id": stored.thread_id if stored else message_id}
+
+    def fail(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Queues Gmail failures: ``{"path_regex", "status", "count"?, "method"?, "retry_after"?}``,
+        or ``{"after_send": true, "status"?, "count"?}``: sends Gmail stores and then fails (outcome unknown).
+        """
+        count = int(fields.get("count") or 1)
+        if fields.get("after_send"):
+            self.gmail.fail_after_send(int(fields.get("status") or 500), count=count)
+            return {"queued": count, "after_send": True}
+        path_regex, status = fields.get("path_regex"), fields.get("status")
+        if not isinstance(path_regex, str) or not isinstance(status, int):
+            raise ValueError("path_regex (a regular expression) and status (an integer) are required")
+        headers = {"Retry-After": str(fields["retry_after"])} if fields.get("retry_after") else None
+        self.gmail.fail_next(path_regex, status, count=count, headers=headers, method=fields.get("method"))
+        return {"queued": count, "path_regex": path_regex, "status": status}
+
+    def sent(self) -> list[dict[str, Any]]:
+        """What the demo user sent through Gmail, oldest first: the headers a robeing developer checks."""
+        out = []
+        for raw in self.gmail.sent_messages():
+            parsed = email.message_from_bytes(raw, policy=email.policy.default)
+            out.append({name.lower(): str(parsed.get(name, "")) for name in ("To", "Subject", "Message-ID")})
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "user_id": DEMO_USER,
+            "email_address": demo_mailbox.DEMO_ADDRESS,
+            "gmail_url": self.gmail.url,
+            "token_url": self.token_uri,
+            "seeded": vars(self.seeded),
+            "sent": len(self.gmail.sent_messages()),
+        }
+
+    def control_app(self) -> Any:
+        """The WSGI app at ``/_sandbox``: GET (describe), POST /deliver, POST /fail, GET /sent."""
+        routes = {
+            ("GET", ""): lambda _: self.describe(),
+            ("GET", "/sent"): lambda _: {"sent": self.sent()},
+            ("POST", "/deliver"): self.deliver,
+            ("POST", "/fail"): self.fail,
+        }
+
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "").rstrip("/")
+            handler = routes.get((environ.get("REQUEST_METHOD", "GET"), path))
+            status, body = "200 OK", None
+            if handler is None:
+                status = "404 Not Found"
+                body = {
+                    "error": {
+                        "code": "not_found",
+                        "message": f"sandbox control: {', '.join(map(' '.join, routes))}",
+                    }
+                }
+            else:
+                try:
+                    length = min(int(environ.get("CONTENT_LENGTH") or 0), MAX_CONTROL_BODY)
+                    raw = environ["wsgi.input"].read(length) if length else b""
+                    fields = json.loads(raw or b"{}")
+                    if not isinstance(fields, dict):
+                        raise ValueError("the body must be a JSON object")
+                    body = handler(fields)
+                except (ValueError, TypeError) as exc:
+                    status = "400 Bad Request"
+                    body = {"error": {"code": "invalid_argument", "message": str(exc)}}
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+            return [data]
+
+        return app
+
+    def close(self) -> None:
+        self.gmail.close()
+        self.oauth.close()
