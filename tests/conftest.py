@@ -293,3 +293,17 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
 def log_lines(isolated: _CaptureHandler) -> list[str]:
     """The JSON log lines this test produced so far."""
     return isolated.lines
+
+
+# -- the sandbox server ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Any]:
+    """``python -m devtools.serve --sandbox`` in a subprocess, shared by the session's tests (the client's
+    among them). GMAIL_API_ENDPOINT points at a dead port in its environment: the sandbox must override
+    it, or every Gmail call fails."""
+    from tests.serving import sandbox_server
+
+    with sandbox_server(GMAIL_API_ENDPOINT="http://127.0.0.1:9") as served:
+        yield served
