@@ -94,9 +94,16 @@ class Served:
 
 
 def launch(
-    command: Sequence[str], port: int, db_port: int, *, cwd: Path = ROOT, env: dict[str, str] | None = None
+    command: Sequence[str],
+    port: int,
+    db_port: int,
+    *,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> Served:
-    """Starts ``command`` (a serve command line) and waits until it has printed its banner and listens."""
+    """Starts ``command`` (a serve command line) and waits until it has printed its banner and listens.
+    ``new_session``: in a process group of its own, which a test can stop whole whatever it started."""
     process = subprocess.Popen(
         list(command),
         cwd=cwd,
@@ -105,6 +112,7 @@ def launch(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=new_session,
     )
     served = Served(process, port, db_port)
 

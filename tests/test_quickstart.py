@@ -1,0 +1,138 @@
+"""The README's "For robeing developers" quick start, followed from a fresh clone, command by command.
+
+The clone gets a ``.venv`` of its own that sees this run's installed packages (a ``.pth`` line) and
+carries tasks.py's requirements stamp, so ``python3 tasks.py`` installs nothing and no download is
+needed except pip's build backend for ``pip install -e ./client``, which lands in the clone's ``.venv``
+only. The one change to the printed commands: port 8080 becomes a free port (``--port P --db-port 0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from devtools.embedded_pg import EmbeddedPostgres
+from shared import targets
+from tests.conftest import ROOT
+from tests.serving import free_port, launch, port_open, scratch_dir
+
+SECTION = "## For robeing developers"
+
+
+def quick_start_blocks(readme: str) -> list[str]:
+    """The ``sh`` code blocks of the quick-start section, in order."""
+    section = readme[readme.index(SECTION) :]
+    section = section[: section.index("\n## ", len(SECTION))]
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+
+
+def fresh_clone(into: Path) -> Path:
+    """``git clone`` of this checkout, with a ``.venv`` that reuses this run's packages."""
+    clone = into / "skill-email"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
+    env_dir = clone / ".venv"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    overlay_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    shared_site = sysconfig.get_paths()["purelib"]
+    Path(overlay_site, "_reuse_test_venv.pth").write_text(f"import site; site.addsitedir({shared_site!r})\n")
+    digest = hashlib.sha256()
+    for name in ("requirements.txt", "requirements-dev.txt"):  # as tasks.py computes its stamp
+        digest.update((clone / name).read_bytes())
+    (env_dir / ".requirements.sha256").write_text(digest.hexdigest())
+    return clone
+
+
+def run_in(clone: Path, script: str) -> str:
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+    return done.stdout
+
+
+def banner_port(output: str, pattern: str) -> int:
+    match = re.search(pattern, output)
+    assert match, (pattern, output)
+    return int(match[1])
+
+
+def test_the_quick_start_works_as_printed_from_a_fresh_clone() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    serve_block, curl_block, client_block = quick_start_blocks(readme)[:3]
+    assert serve_block.strip() == "python3 tasks.py serve --sandbox"
+
+    with scratch_dir("skill-email-quickstart-") as work:
+        clone = fresh_clone(work)
+        port = free_port()
+        here = f"localhost:{port}"
+        command = [shutil.which("python3") or sys.executable, *serve_block.split()[1:]]
+        served = launch(
+            [*command, "--port", str(port), "--db-port", "0"], port, 0, cwd=clone, new_session=True
+        )
+        try:
+            # 1. Sandbox: send, then list finds what was sent.
+            send_line, list_line = curl_block.replace("localhost:8080", here).strip().splitlines()
+            sent: dict[str, Any] = json.loads(run_in(clone, send_line))
+            assert sent["label_ids"] == ["SENT"]
+            listed = json.loads(run_in(clone, list_line))
+            assert sent["id"] in [message["id"] for message in listed["messages"]]
+            if "get_email" in targets.BY_NAME:  # read, once that target exists
+                read = requests.get(
+                    f"http://{here}/get_email",
+                    params={"user_id": "demo", "message_id": sent["id"]},
+                    timeout=30,
+                )
+                assert read.status_code == 200, read.text
+                assert read.json()["subject"] == "안녕하세요"
+
+            # 2. The client: installed into the clone's .venv, then the example as printed.
+            printed = run_in(clone, client_block.replace("localhost:8080", here))
+            assert "From the client" in printed
+            assert "as expected: not_found" in printed
+            assert "/skill-email/client/" in run_in(
+                clone, ".venv/bin/python -c 'import skill_email_client; print(skill_email_client.__file__)'"
+            )
+
+            # Stopping `python3 tasks.py serve` by its PID stops the functions, the fakes and PostgreSQL.
+            output = served.output
+            ports = {
+                "functions": port,
+                "PostgreSQL": banner_port(output, r"postgresql://postgres:\*\*\*@127\.0\.0\.1:(\d+)/"),
+                "fake Gmail": banner_port(output, r"Gmail \(http://127\.0\.0\.1:(\d+)\)"),
+                "fake token endpoint": banner_port(output, r"token endpoint \(http://127\.0\.0\.1:(\d+)\)"),
+            }
+            assert served.stop(signal.SIGTERM) == 0
+            still_open = [name for name, number in ports.items() if port_open(number)]
+            assert still_open == [], f"still answering after kill PID: {still_open}\n{served.output}"
+            assert "Traceback" not in served.output
+        finally:
+            served.ensure_stopped()
+            # Whatever a failed run left behind (a server that outlived its PID, its PostgreSQL) stops here.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(served.process.pid, signal.SIGTERM)
+            EmbeddedPostgres(clone / ".local" / "sandbox" / "pg").stop()
