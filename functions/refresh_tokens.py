@@ -2,9 +2,10 @@
 
 from typing import Any
 
-from shared import provider, web
+from shared import web
 from shared.errors import InvalidArgument
 from shared.request_types import RefreshTokensRequest
+from shared.tokens import provider
 
 
 @web.http_function("refresh_tokens")

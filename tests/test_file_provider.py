@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from shared.errors import InvalidArgument
-from shared.file_tokens import FileTokenStore
+from shared.tokens.files import FileTokenStore
 from tests.conftest import secret
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
