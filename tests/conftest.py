@@ -258,6 +258,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         config.TOKEN_KEYS,
         config.GMAIL_API_ENDPOINT,
         config.GOOGLE_CLOUD_PROJECT,
+        config.AUDIT_RETENTION_DAYS,
     ):
         monkeypatch.delenv(name, raising=False)
     config.secrets.clear()
