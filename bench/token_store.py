@@ -48,7 +48,9 @@ from bench._common import (
     worker_time,
 )
 from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
-from shared import config, db, logs, oauth, provider, request_types, tokens
+from shared import config, db, logs, request_types
+from shared.tokens import oauth, provider
+from shared.tokens.store import DatabaseTokenStore
 
 USER = "bench-user"
 USER_REFRESH_TOKEN = "bench-user-refresh"
@@ -237,7 +239,7 @@ def _ours(url: str) -> Any:
 
     def run() -> None:
         with db.connection(params) as conn:
-            tokens.DatabaseTokenStore(conn).find(USER)
+            DatabaseTokenStore(conn).find(USER)
 
     return run
 
@@ -259,7 +261,7 @@ def _naive(url: str) -> Any:
             )
         )
         try:
-            tokens.DatabaseTokenStore(conn).find(USER)
+            DatabaseTokenStore(conn).find(USER)
         finally:
             conn.close()
 
@@ -288,7 +290,7 @@ def _nodelay(url: str) -> Any:
             )
         )
         try:
-            tokens.DatabaseTokenStore(conn).find(USER)
+            DatabaseTokenStore(conn).find(USER)
         finally:
             conn.close()
 

@@ -26,7 +26,9 @@ from typing import Any
 from devtools import demo_mailbox
 from devtools.fakes.gmail import FakeGmail
 from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
-from shared import config, db, tokens
+from shared import config, db
+from shared.tokens.maintenance import store_token
+from shared.tokens.record import authorized_user_to_row
 
 DEMO_USER = "demo"
 SCOPES = tuple(
@@ -63,7 +65,7 @@ class Sandbox:
         """Stores the demo user's token (a new refresh token the fake endpoint knows) as an equipped row."""
         refresh_token = f"1//sandbox-{secrets.token_urlsafe(16)}"
         self.oauth.add_refresh_token(refresh_token, DEFAULT_CLIENT_ID)
-        values = tokens.authorized_user_to_row(
+        values = authorized_user_to_row(
             {
                 "refresh_token": refresh_token,
                 "client_id": DEFAULT_CLIENT_ID,
@@ -73,7 +75,7 @@ class Sandbox:
             }
         )
         with db.connection(db.parse_database_url(database_url)) as conn:
-            return tokens.store_token(conn, DEMO_USER, values)
+            return store_token(conn, DEMO_USER, values)
 
     def deliver(self, fields: dict[str, Any]) -> dict[str, str]:
         """Puts a new message in the demo INBOX, as if someone had just written to the demo user."""

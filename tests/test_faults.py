@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
-from shared import db, provider, schema
+from shared import db, schema
+from shared.tokens import provider
 from tests.conftest import insert_row, row, secret, utc_in
 
 
