@@ -8,12 +8,14 @@ get, batch, upload, and what later targets add to it) works here with no change 
 
 Invariants: the demo user's row is written afresh at every start (the fakes' ports change, and the
 mailbox lives in memory, so it is re-seeded too); real users' rows in the same database are untouched.
-``/_sandbox`` is a small control surface for robeing developers: deliver new mail, queue a Gmail failure
-(to try a robeing's handling of 429 and 503), and read what was sent.
+``/_sandbox`` is a small control surface for robeing developers: deliver new mail (which also reaches
+``gmail_push`` as Gmail's notification would, once that target exists and the mailbox is watched), queue a
+Gmail failure (to try a robeing's handling of 429 and 503), and read what was sent.
 """
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import email.utils
@@ -23,14 +25,19 @@ from collections.abc import Iterable
 from email.message import EmailMessage
 from typing import Any
 
+import requests
+
 from devtools import demo_mailbox
 from devtools.fakes.gmail import FakeGmail
 from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
-from shared import config, db
+from shared import config, db, targets
 from shared.tokens.maintenance import store_token
 from shared.tokens.record import authorized_user_to_row
 
 DEMO_USER = "demo"
+# The demo token is equipped to this robeing, so calls that name a robeing (watch_mailbox needs one) find
+# it; calls without robeing_id find it too.
+DEMO_ROBEING = "demo-robeing"
 SCOPES = tuple(
     f"https://www.googleapis.com/auth/gmail.{name}" for name in ("modify", "compose", "send", "readonly")
 )
@@ -44,6 +51,7 @@ class Sandbox:
     """The fakes, the seeded mailbox and the demo user's token; ``close()`` stops the fakes."""
 
     def __init__(self) -> None:
+        self.functions_url: str | None = None  # where gmail_push is, once the server knows its address
         self.oauth = FakeTokenEndpoint(scope=" ".join(SCOPES)).start()
         self.gmail = FakeGmail(email_address=demo_mailbox.DEMO_ADDRESS, tokens=()).start()
         self.gmail.trust(self.oauth)
@@ -75,7 +83,7 @@ class Sandbox:
             }
         )
         with db.connection(db.parse_database_url(database_url)) as conn:
-            return store_token(conn, DEMO_USER, values)
+            return store_token(conn, DEMO_USER, values, equipped_to=DEMO_ROBEING)
 
     def deliver(self, fields: dict[str, Any]) -> dict[str, str]:
         """Puts a new message in the demo INBOX, as if someone had just written to the demo user."""
@@ -91,7 +99,40 @@ class Sandbox:
             message.as_bytes(), thread_id=thread_id if isinstance(thread_id, str) else None
         )
         stored = self.gmail.message(message_id)
-        return {"id": message_id, "thread_id": stored.thread_id if stored else message_id}
+        return {
+            "id": message_id,
+            "thread_id": stored.thread_id if stored else message_id,
+            "notified": self.notify(),
+        }
+
+    def notify(self) -> bool:
+        """Gmail's new-mail notification, as Pub/Sub hands it to ``gmail_push`` (a binary-mode CloudEvent,
+        ``message.data`` the base64 of ``{"emailAddress", "historyId"}``), when that target exists and the
+        mailbox is watched; returns whether one was sent."""
+        watched = getattr(self.gmail, "watches", {})  # the fake's watch state, where it keeps one
+        if "gmail_push" not in targets.BY_NAME or self.functions_url is None or not watched:
+            return False
+        with self.gmail.lock:
+            mailbox = self.gmail.mailboxes[self.gmail.email_address]
+            notification = {"emailAddress": mailbox.email_address, "historyId": mailbox.history_id}
+        event_id = secrets.token_hex(8)
+        body = {
+            "message": {
+                "data": base64.b64encode(json.dumps(notification).encode()).decode("ascii"),
+                "messageId": event_id,
+                "publishTime": email.utils.formatdate(usegmt=True),
+            },
+            "subscription": "projects/sandbox/subscriptions/gmail-push",
+        }
+        headers = {
+            "ce-id": event_id,
+            "ce-source": f"//pubsub.googleapis.com/{PUBSUB_TOPIC}",
+            "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "ce-specversion": "1.0",
+            "Content-Type": "application/json",
+        }
+        answer = requests.post(f"{self.functions_url}/gmail_push", json=body, headers=headers, timeout=60)
+        return answer.ok
 
     def fail(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Queues Gmail failures: ``{"path_regex", "status", "count"?, "method"?, "retry_after"?}``,
@@ -119,6 +160,7 @@ class Sandbox:
     def describe(self) -> dict[str, Any]:
         return {
             "user_id": DEMO_USER,
+            "robeing_id": DEMO_ROBEING,
             "email_address": demo_mailbox.DEMO_ADDRESS,
             "gmail_url": self.gmail.url,
             "token_url": self.token_uri,

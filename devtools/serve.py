@@ -33,7 +33,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from devtools.embedded_pg import EmbeddedPostgres
-from devtools.sandbox import DEMO_USER, Sandbox
+from devtools.sandbox import DEMO_ROBEING, DEMO_USER, Sandbox
 from shared import config, db, schema, targets
 from shared.errors import SkillEmailError
 
@@ -201,7 +201,8 @@ def announce(base_url: str, url: str, url_file: Path, sandbox: Sandbox | None = 
             f"\nSandbox: Gmail ({sandbox.gmail.url}) and Google's token endpoint ({sandbox.oauth.url})"
             " are local fakes; nothing leaves this machine.\n"
             f'User "{DEMO_USER}" is connected (mailbox {sandbox.gmail.email_address}, '
-            f"{sandbox.seeded.count} messages seeded). Try, from another shell:"
+            f"{sandbox.seeded.count} messages seeded), equipped to robeing {DEMO_ROBEING}.\n"
+            "Try, from another shell:"
         )
         for line in sandbox_curls(base_url, sandbox):
             print(f"  {line}")
@@ -253,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra: dict[str, Any] = {}
         if args.sandbox:
             sandbox = Sandbox()
+            sandbox.functions_url = f"http://127.0.0.1:{args.port}"
             os.environ.update(sandbox.environment())
             sandbox.connect_demo_user(url)
             extra["/_sandbox"] = sandbox.control_app()

@@ -3,7 +3,8 @@
 The clone gets a ``.venv`` of its own that sees this run's installed packages (a ``.pth`` line) and
 carries tasks.py's requirements stamp, so ``python3 tasks.py`` installs nothing and no download is
 needed except pip's build backend for ``pip install -e ./client``, which lands in the clone's ``.venv``
-only. The one change to the printed commands: port 8080 becomes a free port (``--port P --db-port 0``).
+only. The changes to the printed commands: port 8080 becomes a free port (``--port P --db-port 0``), and
+``.venv`` becomes ``.venv-X.Y`` when CI runs the suite on a second Python (``TASKS_PYTHON``).
 """
 
 from __future__ import annotations
@@ -39,11 +40,18 @@ def quick_start_blocks(readme: str) -> list[str]:
     return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
 
 
+def venv_name() -> str:
+    """The virtualenv tasks.py uses: .venv, or .venv-X.Y when TASKS_PYTHON names another interpreter
+    (CI's run on a second Python, which is this one then)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return f".venv-{version}" if os.environ.get("TASKS_PYTHON") else ".venv"
+
+
 def fresh_clone(into: Path) -> Path:
     """``git clone`` of this checkout, with a ``.venv`` that reuses this run's packages."""
     clone = into / "skill-email"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
-    env_dir = clone / ".venv"
+    env_dir = clone / venv_name()
     venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
     python = env_dir / "bin" / "python"
     overlay_site = subprocess.run(
@@ -111,12 +119,12 @@ def test_the_quick_start_works_as_printed_from_a_fresh_clone() -> None:
                 assert read.json()["subject"] == "안녕하세요"
 
             # 2. The client: installed into the clone's .venv, then the example as printed.
-            printed = run_in(clone, client_block.replace("localhost:8080", here))
+            client_script = client_block.replace("localhost:8080", here).replace(".venv/", f"{venv_name()}/")
+            printed = run_in(clone, client_script)
             assert "From the client" in printed
             assert "as expected: not_found" in printed
-            assert "/skill-email/client/" in run_in(
-                clone, ".venv/bin/python -c 'import skill_email_client; print(skill_email_client.__file__)'"
-            )
+            probe = "import skill_email_client; print(skill_email_client.__file__)"
+            assert "/skill-email/client/" in run_in(clone, f"{venv_name()}/bin/python -c '{probe}'")
 
             # Stopping `python3 tasks.py serve` by its PID stops the functions, the fakes and PostgreSQL.
             output = served.output

@@ -126,3 +126,23 @@ def test_nothing_leaves_the_machine(sandbox: Served) -> None:
     # or no Gmail call in this module would have worked.
     assert "nothing leaves this machine" in sandbox.output
     assert f"GMAIL_API_ENDPOINT={described['gmail_url']}" in sandbox.output
+
+
+def test_new_mail_reaches_gmail_push_once_the_mailbox_is_watched(sandbox: Served) -> None:
+    # Gmail notifies only a watched mailbox; the sandbox posts that notification to gmail_push as
+    # Pub/Sub would, once the target exists. Until then a delivery notifies nobody.
+    push = "gmail_push" in targets.BY_NAME
+    if push:
+        watched = requests.post(
+            f"{sandbox.url}/watch_mailbox", json={"user_id": "demo", "robeing_id": "demo-robeing"}, timeout=30
+        )
+        assert watched.status_code == 200, watched.text
+    delivered = requests.post(
+        f"{sandbox.url}/_sandbox/deliver", json={"subject": "for the robeing", "body": "new"}, timeout=60
+    ).json()
+    assert delivered["notified"] is push
+    if push:
+        events = requests.get(
+            f"{sandbox.url}/list_events", params={"robeing_id": "demo-robeing", "limit": 500}, timeout=30
+        ).json()["events"]
+        assert delivered["id"] in [event["message"]["id"] for event in events]
