@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import io
 import json
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from skill_email_client import (
 )
 from skill_email_client.client import is_local
 from standardwebhooks.webhooks import Webhook
+from werkzeug.wrappers import Request as WerkzeugRequest
 
 from devtools.fakes._server import FakeServer, RecordedRequest, Response
 from shared import gmail, targets
@@ -402,13 +404,13 @@ def test_the_client_has_a_method_for_every_target_taking_its_fields(name: str) -
         assert parameters == set(targets.BY_NAME[name].request.FIELDS), name
 
 
-def test_the_client_installs_from_its_folder(tmp_path: Path) -> None:
-    # pip builds it as any user's pip would (setuptools in an isolated build environment, from PyPI).
+def test_the_client_installs_with_pip_from_git(tmp_path: Path) -> None:
+    # As the README says, `pip install "git+URL#subdirectory=client"`, with this repository as the URL: pip
+    # clones it and builds the package as any user's pip would (setuptools from PyPI, isolated build).
     target = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
-    done = subprocess.run(
-        [*install, str(ROOT / "client")], capture_output=True, text=True, timeout=300, check=False
-    )
+    source = f"git+file://{ROOT}#subdirectory=client"
+    done = subprocess.run([*install, source], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert (target / "skill_email_client" / "py.typed").exists()
     probe = "import skill_email_client; print(skill_email_client.__file__)"
@@ -421,3 +423,46 @@ def test_the_client_installs_from_its_folder(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.stdout.strip() == str(target / "skill_email_client" / "__init__.py")
+
+
+def form_of(request: RecordedRequest) -> WerkzeugRequest:
+    """The body parsed by werkzeug, as the functions (Flask) parse it."""
+    return WerkzeugRequest.from_values(
+        input_stream=io.BytesIO(request.body),
+        content_length=len(request.body),
+        content_type=request.headers["content-type"],
+        method="POST",
+    )
+
+
+def test_large_attachments_go_as_multipart_form_data_with_their_bytes_as_they_are() -> None:
+    # The contract's form for bodies Cloud Run would refuse as JSON: a `json` part and file parts.
+    big = bytes(range(256)) * 64
+    with Recorder() as server:
+        client = SkillEmailClient(server.url, multipart_over=1000)
+        client.send_email(
+            "demo",
+            "bob@example.com",
+            subject="큰 파일",
+            attachments=[attachment("보고서.bin", big), attachment("small.txt", b"hi", "text/plain")],
+        )
+        client.send_email("demo", "bob@example.com", subject="small", attachments=[attachment("a.txt", b"a")])
+        large, small = server.requests
+    form = form_of(large)
+    assert form.mimetype == "multipart/form-data"
+    assert sorted(form.form) == ["json"]
+    assert json.loads(form.form["json"]) == {"user_id": "demo", "to": "bob@example.com", "subject": "큰 파일"}
+    first, second = form.files.getlist("attachments")
+    assert (first.filename, first.mimetype, first.read()) == ("보고서.bin", "application/octet-stream", big)
+    assert (second.filename, second.mimetype, second.read()) == ("small.txt", "text/plain", b"hi")
+    assert small.headers["content-type"] == "application/json"
+    assert small.json()["attachments"][0]["content"] == base64.b64encode(b"a").decode()
+    assert large.headers["idempotency-key"]
+
+
+def test_an_attachment_that_is_not_base64_is_refused_before_sending() -> None:
+    with Recorder() as server:
+        client = SkillEmailClient(server.url, multipart_over=0)
+        with pytest.raises(InvalidArgument):
+            client.send_email("demo", "bob@example.com", attachments=[{"filename": "x", "content": "%%%"}])
+        assert server.requests == []
