@@ -20,6 +20,7 @@ import email
 import email.policy
 import email.utils
 import json
+import re
 import secrets
 from collections.abc import Iterable
 from email.message import EmailMessage
@@ -142,11 +143,14 @@ class Sandbox:
         if fields.get("after_send"):
             self.gmail.fail_after_send(int(fields.get("status") or 500), count=count)
             return {"queued": count, "after_send": True}
-        path_regex, status = fields.get("path_regex"), fields.get("status")
+        path_regex, status, method = fields.get("path_regex"), fields.get("status"), fields.get("method")
         if not isinstance(path_regex, str) or not isinstance(status, int):
             raise ValueError("path_regex (a regular expression) and status (an integer) are required")
+        if method is not None and not isinstance(method, str):
+            raise ValueError("method: an HTTP method such as GET or POST")
+        re.compile(path_regex)  # a bad pattern is the caller's 400, not a crash of the fake later
         headers = {"Retry-After": str(fields["retry_after"])} if fields.get("retry_after") else None
-        self.gmail.fail_next(path_regex, status, count=count, headers=headers, method=fields.get("method"))
+        self.gmail.fail_next(path_regex, status, count=count, headers=headers, method=method)
         return {"queued": count, "path_regex": path_regex, "status": status}
 
     def sent(self) -> list[dict[str, Any]]:
@@ -197,7 +201,7 @@ class Sandbox:
                     if not isinstance(fields, dict):
                         raise ValueError("the body must be a JSON object")
                     body = handler(fields)
-                except (ValueError, TypeError) as exc:
+                except (ValueError, TypeError, re.error) as exc:
                     status = "400 Bad Request"
                     body = {"error": {"code": "invalid_argument", "message": str(exc)}}
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

@@ -139,7 +139,8 @@ class PlainRequestHandler(WSGIRequestHandler):
     ANSI escape codes even when the output is a file or a pipe, which garbles every log file."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        self.log("info", '"%s" %s %s', self.requestline.translate(self._control_char_table), code, size)
+        line = getattr(self, "requestline", "")  # unset when the request line itself was unreadable
+        self.log("info", '"%s" %s %s', line.translate(self._control_char_table), code, size)
 
 
 def start_database(data_dir: Path, port: int) -> EmbeddedPostgres:

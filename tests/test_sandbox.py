@@ -110,9 +110,16 @@ def test_sandbox_controls_answer_json_errors(sandbox: Served) -> None:
     unknown = requests.get(f"{sandbox.url}/_sandbox/nothing", timeout=10)
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "not_found"
-    bad = requests.post(f"{sandbox.url}/_sandbox/fail", json={"status": 429}, timeout=10)
-    assert bad.status_code == 400
-    assert "path_regex" in bad.json()["error"]["message"]
+    for rule, words in (
+        ({"status": 429}, "path_regex"),
+        ({"path_regex": "(", "status": 429}, "position 0"),
+        ({"path_regex": "/send$", "status": 429, "method": 7}, "method"),
+        ({"path_regex": "/send$", "status": 429, "count": "many"}, "many"),
+    ):
+        bad = requests.post(f"{sandbox.url}/_sandbox/fail", json=rule, timeout=10)
+        assert bad.status_code == 400, rule
+        assert bad.json()["error"]["code"] == "invalid_argument"
+        assert words in bad.json()["error"]["message"], bad.json()
 
 
 def test_nothing_leaves_the_machine(sandbox: Served) -> None:
