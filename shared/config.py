@@ -26,6 +26,11 @@ LOG_LEVEL = "LOG_LEVEL"
 GOOGLE_CLOUD_PROJECT = "GOOGLE_CLOUD_PROJECT"
 REFRESH_CONCURRENCY = "REFRESH_CONCURRENCY"
 AUDIT_RETENTION_DAYS = "AUDIT_RETENTION_DAYS"
+ACTIVE_DAYS = "ACTIVE_DAYS"
+REFRESH_TASKS_QUEUE = "REFRESH_TASKS_QUEUE"
+REFRESH_TASKS_URL = "REFRESH_TASKS_URL"
+REFRESH_TASKS_SERVICE_ACCOUNT = "REFRESH_TASKS_SERVICE_ACCOUNT"
+CLOUD_TASKS_ENDPOINT = "CLOUD_TASKS_ENDPOINT"
 
 DEFAULT_GMAIL_API_ENDPOINT = "https://gmail.googleapis.com"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
@@ -37,6 +42,9 @@ DEFAULT_REFRESH_CONCURRENCY = 16
 # plus a month, enough for a yearly abuse or access review.
 DEFAULT_AUDIT_RETENTION_DAYS = 400
 MAX_AUDIT_RETENTION_DAYS = 36500
+# A token used within this many days is refreshed before it expires; one idle longer only when a call
+# needs it, and once a day so that a revoked grant is still found (docs/performance.md, "A million").
+DEFAULT_ACTIVE_DAYS = 7
 
 
 class ConfigError(Unavailable):
@@ -59,6 +67,12 @@ class Settings:
     project: str | None
     refresh_concurrency: int
     audit_retention_days: int
+    active_days: int = DEFAULT_ACTIVE_DAYS
+    # The scheduled run's fan-out (all three set, or none: then every slice runs inline).
+    refresh_tasks_queue: str | None = None
+    refresh_tasks_url: str | None = None
+    refresh_tasks_service_account: str | None = None
+    cloud_tasks_endpoint: str | None = None
 
 
 def _env(name: str) -> str | None:
@@ -88,6 +102,11 @@ def load_settings() -> Settings:
         raise ConfigError(f"{TOKEN_PROVIDER} must be one of {', '.join(TOKEN_PROVIDERS)}")
     concurrency = _whole_number(REFRESH_CONCURRENCY, DEFAULT_REFRESH_CONCURRENCY, 1, 128)
     retention = _whole_number(AUDIT_RETENTION_DAYS, DEFAULT_AUDIT_RETENTION_DAYS, 1, MAX_AUDIT_RETENTION_DAYS)
+    tasks = (_env(REFRESH_TASKS_QUEUE), _env(REFRESH_TASKS_URL), _env(REFRESH_TASKS_SERVICE_ACCOUNT))
+    if any(tasks) and not all(tasks):
+        raise ConfigError(
+            f"{REFRESH_TASKS_QUEUE}, {REFRESH_TASKS_URL} and {REFRESH_TASKS_SERVICE_ACCOUNT} go together"
+        )
     return Settings(
         database_url=_env(DATABASE_URL),
         db_url_secret=_env(DB_URL_SECRET),
@@ -101,6 +120,11 @@ def load_settings() -> Settings:
         project=_env(GOOGLE_CLOUD_PROJECT),
         refresh_concurrency=concurrency,
         audit_retention_days=retention,
+        active_days=_whole_number(ACTIVE_DAYS, DEFAULT_ACTIVE_DAYS, 1, 365),
+        refresh_tasks_queue=tasks[0],
+        refresh_tasks_url=tasks[1],
+        refresh_tasks_service_account=tasks[2],
+        cloud_tasks_endpoint=_env(CLOUD_TASKS_ENDPOINT),
     )
 
 

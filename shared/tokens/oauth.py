@@ -117,7 +117,7 @@ def refresh_access_token(
         raise UpstreamError("Google's token endpoint answered without an access token")
     return RefreshedToken(
         access_token=credentials.token,
-        expiry=credentials.expiry,
+        expiry=clock.from_library_clock(credentials.expiry) if credentials.expiry else None,
         refresh_token=credentials.refresh_token or refresh_token or "",
     )
 

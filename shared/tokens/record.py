@@ -94,6 +94,7 @@ class TokenRecord:
     needs_reauth: bool = False
     reauth_reason: str | None = None
     refused: str | None = None
+    last_used_at: datetime | None = None
     token_data: dict[str, Any] = field(default_factory=dict, repr=False)
     oauth_config: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -131,6 +132,7 @@ class TokenRecord:
             expiry=_parse_expiry(row.get("expiry")) or _parse_expiry(token_data.get("expiry")),
             needs_reauth=bool(row.get("needs_reauth")),
             reauth_reason=row.get("reauth_reason"),
+            last_used_at=_parse_expiry(row.get("last_used_at")),
             token_data=token_data,
             oauth_config=oauth_config,
         )
