@@ -42,6 +42,9 @@ OLD_CANDIDATE_SQL = (
 )
 REFRESH_PREFIX = "scale-refresh-"
 SCOPE = "https://www.googleapis.com/auth/gmail.send"
+NOW = "CAST(:now AS TIMESTAMP)"
+MINUTES = "* interval '1 minute'"
+FILL_BATCH = 50_000
 
 
 @dataclass
@@ -65,9 +68,8 @@ def fill(conn: db.Connection, rows: int, due: int, token_uri: str) -> None:
     oauth = json.dumps(
         {"client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET, "token_uri": token_uri}
     )
-    now = "CAST(:now AS TIMESTAMP)"
-    minutes = "* interval '1 minute'"
-    params = {"now": clock.to_naive_utc(clock.utcnow()), "oauth": oauth}
+    now, minutes = NOW, MINUTES
+    params: dict[str, Any] = {"now": clock.to_naive_utc(clock.utcnow()), "oauth": oauth}
     # Due now, in use: what the run must refresh.
     conn.run(
         "INSERT INTO gmail_token (user_id, robeing_id, token_data, oauth_config, scopes, expiry, "
@@ -80,7 +82,26 @@ def fill(conn: db.Connection, rows: int, due: int, token_uri: str) -> None:
         **params,
     )
     rest = rows - due
-    # In use and fresh (10%): due again within the hour; idle (90%): checked within the day.
+    # In use and fresh (10%): due again within the hour; idle (90%): checked within the day. In
+    # batches: one statement must stay under the connection's 15 s statement timeout.
+    for first in range(1, rest + 1, FILL_BATCH):
+        _fill_users(conn, first, min(rest, first + FILL_BATCH - 1), params)
+    # Shadowed duplicates (2% of users): an older row for the same user and robeing, put off a day.
+    conn.run(
+        "INSERT INTO gmail_token (user_id, robeing_id, token_data, oauth_config, expiry, check_at, "
+        "created_at, updated_at, is_equipped, equipped_to) "
+        "SELECT 'user-' || n, 'rb', jsonb_build_object('access_token', 'ya29.dup-' || n), "
+        f"CAST(:oauth AS JSONB), {NOW} - 129600 {MINUTES}, {NOW} + 1200 {MINUTES}, "
+        f"{NOW} - 576000 {MINUTES}, {NOW} - 432000 {MINUTES}, true, 'rb' "
+        "FROM generate_series(1, :rest, 50) AS n",
+        rest=rest,
+        **params,
+    )
+    conn.run("VACUUM ANALYZE gmail_token")
+
+
+def _fill_users(conn: db.Connection, first: int, last: int, params: dict[str, Any]) -> None:
+    now, minutes = NOW, MINUTES
     conn.run(
         "INSERT INTO gmail_token (user_id, robeing_id, token_data, oauth_config, scopes, expiry, check_at, "
         "created_at, updated_at, is_equipped, equipped_to, last_used_at) "
@@ -90,24 +111,13 @@ def fill(conn: db.Connection, rows: int, due: int, token_uri: str) -> None:
         f"CASE WHEN n % 10 = 0 THEN e.expiry ELSE {now} + (n % 1380 + 60) {minutes} END, "
         f"{now} - 43200 {minutes}, {now} - (n % 1440) {minutes}, true, 'rb', "
         f"CASE WHEN n % 10 = 0 THEN {now} - 60 {minutes} ELSE {now} - 57600 {minutes} END "
-        "FROM generate_series(1, :rest) AS n, "
+        "FROM generate_series(:first, :last) AS n, "
         f"LATERAL (SELECT CASE WHEN n % 10 = 0 THEN {now} + (n % 40 + 20) {minutes} "
         f"ELSE {now} - (n % 1380) {minutes} END AS expiry) AS e",
-        rest=rest,
+        first=first,
+        last=last,
         **params,
     )
-    # Shadowed duplicates (2% of users): an older row for the same user and robeing, put off a day.
-    conn.run(
-        "INSERT INTO gmail_token (user_id, robeing_id, token_data, oauth_config, expiry, check_at, "
-        "created_at, updated_at, is_equipped, equipped_to) "
-        "SELECT 'user-' || n, 'rb', jsonb_build_object('access_token', 'ya29.dup-' || n), "
-        f"CAST(:oauth AS JSONB), {now} - 129600 {minutes}, {now} + 1200 {minutes}, "
-        f"{now} - 576000 {minutes}, {now} - 432000 {minutes}, true, 'rb' "
-        "FROM generate_series(1, :rest, 50) AS n",
-        rest=rest,
-        **params,
-    )
-    conn.run("VACUUM ANALYZE gmail_token")
 
 
 def buffers(conn: db.Connection, query: str, **params: Any) -> tuple[float, int]:
