@@ -111,7 +111,7 @@ def _fill_users(conn: db.Connection, first: int, last: int, params: dict[str, An
         f"CASE WHEN n % 10 = 0 THEN e.expiry ELSE {now} + (n % 1380 + 60) {minutes} END, "
         f"{now} - 43200 {minutes}, {now} - (n % 1440) {minutes}, true, 'rb', "
         f"CASE WHEN n % 10 = 0 THEN {now} - 60 {minutes} ELSE {now} - 57600 {minutes} END "
-        "FROM generate_series(:first, :last) AS n, "
+        "FROM generate_series(CAST(:first AS INTEGER), CAST(:last AS INTEGER)) AS n, "
         f"LATERAL (SELECT CASE WHEN n % 10 = 0 THEN {now} + (n % 40 + 20) {minutes} "
         f"ELSE {now} - (n % 1380) {minutes} END AS expiry) AS e",
         first=first,
