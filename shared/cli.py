@@ -15,8 +15,9 @@ from typing import Any
 from shared import audit, config, db, logs, schema
 from shared.config import ConfigError
 from shared.errors import SkillEmailError
-from shared.tokens import crypto, maintenance, provider
+from shared.tokens import keyring, maintenance, provider
 from shared.tokens.cipher import keyring_text, token_cipher
+from shared.tokens.crypto import TokenCipher
 from shared.tokens.record import authorized_user_to_row
 
 USER_ID_MAX = 100  # gmail_token.user_id is VARCHAR(100)
@@ -257,11 +258,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_generate_key(args: argparse.Namespace) -> int:
     key_id = args.key_id
-    print(json.dumps({"primary": key_id, "keys": {key_id: crypto.generate_key()}}))
+    print(json.dumps({"primary": key_id, "keys": {key_id: keyring.generate_key()}}))
     return 0
 
 
-def _keyring_cipher() -> crypto.TokenCipher:
+def _keyring_cipher() -> TokenCipher:
     cipher = token_cipher()
     if cipher is None:
         raise ConfigError("set TOKEN_KEYS (local) or TOKEN_KEY_SECRET to the keyring first")
@@ -308,8 +309,8 @@ def cmd_add_key(args: argparse.Namespace) -> int:
     if not text:
         raise ConfigError("set TOKEN_KEYS or TOKEN_KEY_SECRET to the current keyring first")
     try:
-        print(crypto.with_new_primary(text, args.key_id))
-    except crypto.KeyringError as exc:
+        print(keyring.with_new_primary(text, args.key_id))
+    except keyring.KeyringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -229,9 +229,9 @@ def test_import_for_a_new_user_is_silent_and_a_rerun_is_unchanged(conn, tmp_path
 
 
 def test_decrypt_tokens_is_refused_while_encryption_is_required(database_url, monkeypatch, capsys):
-    from shared.tokens import crypto
+    from shared.tokens import keyring
 
-    key = crypto.generate_key()
+    key = keyring.generate_key()
     from tests.conftest import SECRET_VALUES
 
     SECRET_VALUES.add(key)

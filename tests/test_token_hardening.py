@@ -13,8 +13,9 @@ import pytest
 import responses
 
 from shared.errors import ReauthRequired, SkillEmailError, UpstreamError
-from shared.tokens import crypto, oauth
+from shared.tokens import oauth
 from shared.tokens.cipher import token_cipher
+from shared.tokens.keyring import generate_key
 from shared.tokens.maintenance import reseal_rows
 from tests.conftest import SECRET_VALUES, insert_row, row, secret, utc_in
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
@@ -86,7 +87,7 @@ def test_googles_older_token_endpoint_names_are_honoured_without_a_warning(clien
 
 @pytest.fixture
 def keyring(monkeypatch):  # type: ignore[no-untyped-def]
-    key = crypto.generate_key()
+    key = generate_key()
     SECRET_VALUES.add(key)
     monkeypatch.setenv("TOKEN_KEYS", json.dumps({"primary": "k1", "keys": {"k1": key}}))
     monkeypatch.setenv("REQUIRE_ENCRYPTED_TOKENS", "true")

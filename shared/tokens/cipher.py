@@ -11,7 +11,8 @@ import threading
 
 from shared import config
 from shared.config import ConfigError, Settings
-from shared.tokens.crypto import KeyringError, TokenCipher
+from shared.tokens.crypto import TokenCipher
+from shared.tokens.keyring import KeyringError
 
 _ciphers: dict[str, TokenCipher] = {}
 _lock = threading.Lock()
