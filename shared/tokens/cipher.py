@@ -23,7 +23,9 @@ def keyring_text(settings: Settings) -> str | None:
     if settings.token_keys:
         return settings.token_keys
     if settings.token_key_secret:
-        return config.secrets.read(settings.token_key_secret, settings)
+        from shared.secret_manager import secrets
+
+        return secrets.read(settings.token_key_secret, settings)
     return None
 
 
