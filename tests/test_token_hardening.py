@@ -266,5 +266,6 @@ def test_a_502_from_the_token_endpoint_logs_no_part_of_its_body(client, conn, lo
         mock.post(GOOGLE, json={"error": "invalid_request", "error_description": marker}, status=400)
         response = refresh(client, "echo")
     assert response.status_code == 502
+    assert "invalid_request" in response.get_json()["error"]["message"]  # Google's code, not its text
     assert marker not in response.get_data(as_text=True)
     assert not [line for line in log_lines if marker in line]

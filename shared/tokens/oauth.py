@@ -203,8 +203,16 @@ def _classify_refresh_error(exc: google.auth.exceptions.RefreshError, status: in
         )
     if getattr(exc, "retryable", False):
         logger.warning("token endpoint kept failing: %s %s", status, error or "no error code")
-        return Unavailable("Google's token endpoint is failing; try again later", status=status, error=error)
+        return Unavailable(
+            f"Google's token endpoint is failing ({error or 'no error code'}); try again later",
+            status=status,
+            error=error,
+        )
     logger.warning("token endpoint refused the refresh: %s %s", status, error or "unexpected answer")
     if error in ("invalid_client", "unauthorized_client"):
         return UpstreamError(f"Google refused the stored OAuth client ({error})", status=status, error=error)
-    return UpstreamError("Google's token endpoint answered something unexpected", status=status, error=error)
+    return UpstreamError(
+        f"Google's token endpoint answered something unexpected ({error or 'no error code'})",
+        status=status,
+        error=error,
+    )
