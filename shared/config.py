@@ -26,6 +26,8 @@ LOG_LEVEL = "LOG_LEVEL"
 GOOGLE_CLOUD_PROJECT = "GOOGLE_CLOUD_PROJECT"
 REFRESH_CONCURRENCY = "REFRESH_CONCURRENCY"
 AUDIT_RETENTION_DAYS = "AUDIT_RETENTION_DAYS"
+ALLOWED_TOKEN_URIS = "ALLOWED_TOKEN_URIS"
+REQUIRE_ENCRYPTED_TOKENS = "REQUIRE_ENCRYPTED_TOKENS"
 ACTIVE_DAYS = "ACTIVE_DAYS"
 REFRESH_TASKS_QUEUE = "REFRESH_TASKS_QUEUE"
 REFRESH_TASKS_URL = "REFRESH_TASKS_URL"
@@ -34,6 +36,16 @@ CLOUD_TASKS_ENDPOINT = "CLOUD_TASKS_ENDPOINT"
 
 DEFAULT_GMAIL_API_ENDPOINT = "https://gmail.googleapis.com"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+# Google's token endpoint under the names older client libraries and authorized-user files carry; a
+# row naming one of these is honoured without a warning (they are Google's, and answer alike).
+GOOGLE_TOKEN_URIS = frozenset(
+    {
+        DEFAULT_TOKEN_URI,
+        "https://accounts.google.com/o/oauth2/token",
+        "https://www.googleapis.com/oauth2/v4/token",
+        "https://www.googleapis.com/oauth2/v3/token",
+    }
+)
 TOKEN_PROVIDERS = ("database", "file")
 # Workers of the scheduled refresh, each holding one database connection: 1,000 tokens behind a 100 ms
 # token endpoint take about 1000 * 0.1 / 16 = 6 s, and 16 connections fit a small Cloud SQL instance.
@@ -67,6 +79,8 @@ class Settings:
     project: str | None
     refresh_concurrency: int
     audit_retention_days: int
+    allowed_token_uris: frozenset[str]
+    require_encrypted_tokens: bool
     active_days: int = DEFAULT_ACTIVE_DAYS
     # The scheduled run's fan-out (all three set, or none: then every slice runs inline).
     refresh_tasks_queue: str | None = None
@@ -89,6 +103,15 @@ def _whole_number(name: str, default: int, minimum: int, maximum: int) -> int:
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name} must be between {minimum} and {maximum}")
     return value
+
+
+def _flag(name: str) -> bool:
+    text = (_env(name) or "false").lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false")
 
 
 def load_settings() -> Settings:
@@ -120,6 +143,10 @@ def load_settings() -> Settings:
         project=_env(GOOGLE_CLOUD_PROJECT),
         refresh_concurrency=concurrency,
         audit_retention_days=retention,
+        allowed_token_uris=frozenset(
+            uri.strip() for uri in (_env(ALLOWED_TOKEN_URIS) or "").split(",") if uri.strip()
+        ),
+        require_encrypted_tokens=_flag(REQUIRE_ENCRYPTED_TOKENS),
         active_days=_whole_number(ACTIVE_DAYS, DEFAULT_ACTIVE_DAYS, 1, 365),
         refresh_tasks_queue=tasks[0],
         refresh_tasks_url=tasks[1],

@@ -44,7 +44,7 @@ def open_session() -> Iterator[Session]:
     """The configured store, and the database connection it (or audit and idempotency) uses."""
     settings = config.load_settings()
     if settings.token_provider == "file":
-        files = FileTokenStore(settings.token_dir)
+        files = FileTokenStore(settings.token_dir, require_encrypted=settings.require_encrypted_tokens)
         if not (settings.database_url or settings.db_url_secret):
             yield Session(files, None)
             return
@@ -59,6 +59,7 @@ def open_session() -> Iterator[Session]:
             cipher,
             connect=lambda: db.connection(params),
             concurrency=settings.refresh_concurrency,
+            require_encrypted=settings.require_encrypted_tokens,
             active_days=settings.active_days,
         )
         yield Session(store, conn)

@@ -162,10 +162,13 @@ def _refresh_one(store: DatabaseTokenStore, row_id: int, deadline: datetime, sum
             summary.add("skipped")
             return
         user_id = str(row["user_id"])
+        record = store.decode(row)
         try:
-            store.refresh_locked(store.decode(row))
+            record.check_usable()
+            store.refresh_locked(record)
         except ReauthRequired as exc:
-            store.mark_reauth(row_id, str(exc.details.get("reason") or "invalid_grant"))
+            if record.refused is None:  # Google refused it: remember until the credentials change
+                store.mark_reauth(row_id, str(exc.details.get("reason") or "invalid_grant"))
             failure = exc
         except SkillEmailError as exc:
             failure = exc

@@ -38,6 +38,7 @@ class DatabaseTokenStore(TokenStore):
         connect: opens another connection like ``conn`` (the scheduled run's extra workers); None
             means the scheduled run uses ``conn`` alone.
         concurrency: the scheduled run's workers, each one connection, ``conn`` included.
+        require_encrypted: ``REQUIRE_ENCRYPTED_TOKENS``: a row with a plaintext secret is refused.
     """
 
     def __init__(
@@ -47,10 +48,12 @@ class DatabaseTokenStore(TokenStore):
         *,
         connect: Connect | None = None,
         concurrency: int = 1,
+        require_encrypted: bool = False,
         active_days: int = config.DEFAULT_ACTIVE_DAYS,
     ) -> None:
         self.conn = conn
         self.cipher = cipher
+        self.require_encrypted = require_encrypted
         self.connect = connect
         self.concurrency = concurrency if connect is not None else 1
         self.active_days = active_days
@@ -62,12 +65,13 @@ class DatabaseTokenStore(TokenStore):
             self.cipher,
             connect=self.connect,
             concurrency=self.concurrency,
+            require_encrypted=self.require_encrypted,
             active_days=self.active_days,
         )
 
     def decode(self, row: dict[str, object]) -> TokenRecord:
         """A row read with ``sql.COLUMNS`` as a record, secrets opened."""
-        return TokenRecord.from_row(row, self.cipher)
+        return TokenRecord.from_row(row, self.cipher, require_encrypted=self.require_encrypted)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -153,7 +157,7 @@ class DatabaseTokenStore(TokenStore):
             if row is None:
                 raise NotFound("the token was deleted while it was being refreshed")
             record = self.decode(row)
-            record.check_usable()
+            record.check_usable()  # a refused record raises before anything is sent
             if not record.needs_refresh(force=force, stale_access_token=stale_access_token):
                 return record
             try:
