@@ -210,7 +210,8 @@ def announce(base_url: str, url: str, url_file: Path, sandbox: Sandbox | None = 
         print(
             f"Sandbox controls at {base_url}/_sandbox: POST /_sandbox/deliver (new mail),\n"
             "POST /_sandbox/fail (queue a Gmail failure), GET /_sandbox/sent. The mailbox is re-seeded at\n"
-            "every start.\n"
+            "every start. The CLI (python -m shared.cli ...) reaches the sandbox's database with\n"
+            f'  export DATABASE_URL="$(cat {url_file})"\n'
             "Ctrl-C stops the functions, the fakes and PostgreSQL.\n",
             flush=True,
         )

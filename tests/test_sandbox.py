@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections import Counter
 from typing import Any
 
 import requests
 
 from shared import targets
+from tests.conftest import ROOT
 from tests.serving import Served
 
 
@@ -153,3 +155,17 @@ def test_new_mail_reaches_gmail_push_once_the_mailbox_is_watched(sandbox: Served
             f"{sandbox.url}/list_events", params={"robeing_id": "demo-robeing", "limit": 500}, timeout=30
         ).json()["events"]
         assert delivered["id"] in [event["message"]["id"] for event in events]
+
+
+def test_the_banner_says_how_the_cli_reaches_the_sandbox_database(sandbox: Served) -> None:
+    [command] = [line.strip() for line in sandbox.output.splitlines() if "export DATABASE_URL=" in line]
+    done = subprocess.run(
+        ["bash", "-c", f'{command}; "{sys.executable}" -m shared.cli status demo'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["connected"] is True
