@@ -227,6 +227,18 @@ def test_max_body_chars_must_be_a_positive_whole_number(client, alice, gmail, va
     assert error_of(response)["message"].startswith("max_body_chars")
 
 
+def test_a_body_gmail_left_behind_an_attachment_id_is_fetched(client, alice, gmail):
+    gmail.body_attachment_over_bytes = 1000
+    text = "긴 본문 " * 300
+    message_id = gmail.add_message(message(body=text.encode()))
+
+    body = ok(get(client, "get_email", message_id=message_id))
+
+    assert body["body_text"] == text + "\n"
+    assert body["attachments"] == []  # a body is not an attachment, wherever Gmail keeps it
+    assert [r.path.rsplit("/", 2)[-2] for r in gmail.requests] == ["messages", "attachments"]
+
+
 # -- addresses as data ------------------------------------------------------------------------------
 
 
@@ -436,6 +448,26 @@ def test_a_30_mb_attachment_arrives_byte_for_byte_streamed_in_two_requests(clien
     assert received == len(data)
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
     assert len(gmail.requests) == 2
+
+
+def test_a_401_on_the_attachment_refreshes_the_token_once_through_the_store(
+    client, user_token, conn, gmail, token_endpoint
+):
+    row_id = user_token("alice", expires_in=3600)
+    stale = row(conn, row_id)["token_data"]["access_token"]
+    gmail.allow_token(stale)
+    message_id = gmail.add_message(with_parts(file_part(b"abc" * 100, "a.bin", "application/octet-stream")))
+    gmail.fail_next(ATTACHMENT_PATH, 401, count=1)
+
+    response = get(client, "get_attachment", message_id=message_id, attachment_id="part-1")
+
+    assert response.status_code == 200
+    assert response.get_data() == b"abc" * 100
+    assert len(token_endpoint.requests) == 1
+    (new_token,) = token_endpoint.issued_access_tokens
+    assert row(conn, row_id)["token_data"]["access_token"] == new_token
+    last = gmail.find("GET", ATTACHMENT_PATH)[-1]
+    assert last.headers["authorization"] == f"Bearer {new_token}"
 
 
 def test_gmail_error_before_the_attachment_streams_is_mapped(client, alice, gmail):

@@ -27,7 +27,8 @@ subject or the text body. Any other `op:value` term matches NOTHING and is appen
 Attachments in `format=full`: a part with a filename or `Content-Disposition: attachment` has
 `body.attachmentId` and no data, unless it is at most `inline_data_max_bytes` long (default 0), in which case
 its bytes come inline as `body.data` with no attachmentId, as Gmail does for some small parts; any other
-non-multipart part (a body, an inline image without a name) has `body.data`.
+non-multipart part (a body, an inline image without a name) has `body.data`, unless it is longer than
+`body_attachment_over_bytes` (default None: never), when it too is left behind an attachmentId.
 
 Known simplifications: `format=metadata` returns `payload` as {"mimeType", "headers"} only (as Gmail does);
 header values are returned exactly as in the raw message (RFC 2047 encoded words NOT decoded, like Gmail);
@@ -217,6 +218,8 @@ class FakeGmail(FakeServer):
         self.upload_types: list[str] = []
         self.unsupported_query_terms: list[str] = []
         self.inline_data_max_bytes = 0
+        # Gmail leaves a very large body part behind an attachmentId too; None: never.
+        self.body_attachment_over_bytes: int | None = None
 
     # ---- configuration -------------------------------------------------------------------------
 
@@ -464,7 +467,9 @@ class FakeGmail(FakeServer):
                 headers = [h for h in headers if h["name"].lower() in wanted]
             resource["payload"] = {"mimeType": stored.parsed.get_content_type(), "headers": headers}
         elif fmt == "full":
-            resource["payload"] = _part_resource(stored.parsed, "", stored.id, self.inline_data_max_bytes)
+            resource["payload"] = _part_resource(
+                stored.parsed, "", stored.id, self.inline_data_max_bytes, self.body_attachment_over_bytes
+            )
         return resource
 
     def _attachment(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
@@ -803,7 +808,9 @@ def _attachment_part_id(attachment_id: str, message_id: str) -> str | None:
     return part_id if owner == message_id else None
 
 
-def _part_resource(part: Message, part_id: str, message_id: str, inline_max: int = 0) -> dict[str, Any]:
+def _part_resource(
+    part: Message, part_id: str, message_id: str, inline_max: int = 0, body_over: int | None = None
+) -> dict[str, Any]:
     """The `payload` / `parts[]` MessagePart resource of format=full."""
     resource: dict[str, Any] = {
         "partId": part_id,
@@ -814,12 +821,13 @@ def _part_resource(part: Message, part_id: str, message_id: str, inline_max: int
     if part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), list):
         resource["body"] = {"size": 0}
         resource["parts"] = [
-            _part_resource(child, f"{part_id}.{i}" if part_id else str(i), message_id, inline_max)
+            _part_resource(child, f"{part_id}.{i}" if part_id else str(i), message_id, inline_max, body_over)
             for i, child in enumerate(part.get_payload())
         ]
         return resource
     data = _part_bytes(part)
-    if _is_attachment(part) and len(data) > inline_max:
+    large_body = body_over is not None and len(data) > body_over
+    if (_is_attachment(part) and len(data) > inline_max) or large_body:
         resource["body"] = {"attachmentId": _attachment_id(message_id, part_id), "size": len(data)}
     elif data:
         resource["body"] = {"size": len(data), "data": base64.urlsafe_b64encode(data).decode("ascii")}
