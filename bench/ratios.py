@@ -45,7 +45,8 @@ from bench._common import (
     summary,
     timed,
 )
-from shared import config, db, tokens
+from shared import config, db
+from shared.tokens.store import DatabaseTokenStore
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.oauth import FakeTokenEndpoint
 
@@ -55,7 +56,7 @@ EAGER_IMPORTS = (
     "shared.mailbox.listing",
     "shared.gmail",
     "googleapiclient.discovery",
-    "shared.oauth",
+    "shared.tokens.oauth",
     "google.oauth2.credentials",
     "cryptography.hazmat.primitives.ciphers.aead",
 )
@@ -65,7 +66,7 @@ import shared.mailbox.send
 import shared.mailbox.listing
 import shared.gmail
 import googleapiclient.discovery
-import shared.oauth
+import shared.tokens.oauth
 import google.oauth2.credentials
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -110,7 +111,7 @@ class _NaiveDatabase:
 def token_status_naive(request: flask.Request) -> flask.Response:
     """token_status as a naive function would do it: a pg8000 connection with its defaults per call."""
     with naive_connection() as conn:
-        record = tokens.DatabaseTokenStore(conn).find(request.args["user_id"])
+        record = DatabaseTokenStore(conn).find(request.args["user_id"])
     return flask.jsonify(record.status())
 
 

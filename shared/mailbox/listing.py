@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import audit, provider
+from shared import audit
 from shared.errors import SkillEmailError
 from shared.mailbox.session import gmail_client, record_audit
 from shared.mime import decode
 from shared.request_types import ListEmailsRequest
+from shared.tokens import provider
 from shared.web import Call
 
 

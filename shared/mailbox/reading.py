@@ -16,13 +16,14 @@ from typing import Any
 
 import flask
 
-from shared import audit, gmail_stream, provider
+from shared import audit, gmail_stream
 from shared.errors import InvalidArgument, NotFound, SkillEmailError
 from shared.gmail import GmailClient
 from shared.mailbox.session import gmail_client, record_audit
 from shared.mime import decode, parts
 from shared.mime.request import DEFAULT_MIME_TYPE
 from shared.request_types import GetAttachmentRequest, GetEmailRequest, GetThreadRequest, UserRequest
+from shared.tokens import provider
 from shared.web import Call
 
 

@@ -15,12 +15,13 @@ import logging
 import threading
 from typing import Any
 
-from shared import audit, clock, idempotency, provider
+from shared import audit, clock, idempotency
 from shared.errors import SkillEmailError, Unavailable
 from shared.gmail import GmailClient, SendOutcomeUnknown
 from shared.mailbox.session import gmail_client, record_audit
 from shared.mime import compose, decode, request
 from shared.request_types import SendEmailRequest
+from shared.tokens import provider
 from shared.web import Call
 
 logger = logging.getLogger(__name__)

@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from shared import audit, config, provider, scopes
+from shared import audit, config, scopes
 from shared.errors import PermissionDenied
 from shared.gmail import GmailClient, StoreCredentials
 from shared.request_types import UserRequest
+from shared.tokens import provider
 from shared.web import Call
 
 
