@@ -250,6 +250,11 @@ class GmailClient:
                     raise Unavailable("Gmail could not be reached") from exc
         raise AssertionError("unreachable")
 
+    def execute_for_object(self, make_request: Callable[[], Any]) -> dict[str, Any]:
+        """``execute``, for a method whose answer is a JSON object ({} if Gmail answered anything else)."""
+        result = self.execute(make_request)
+        return result if isinstance(result, dict) else {}
+
     # -- calls ---------------------------------------------------------------------------------------
 
     def email_address(self) -> str:
@@ -270,9 +275,8 @@ class GmailClient:
         include_spam_trash: bool,
     ) -> dict[str, Any]:
         """One page of users.messages.list."""
-
-        def make() -> Any:
-            return (
+        return self.execute_for_object(
+            lambda: (
                 self.service.users()
                 .messages()
                 .list(
@@ -284,50 +288,37 @@ class GmailClient:
                     includeSpamTrash=include_spam_trash,
                 )
             )
-
-        result = self.execute(make)
-        return result if isinstance(result, dict) else {}
+        )
 
     def get_message(
         self, message_id: str, *, fmt: str = "metadata", headers: Iterable[str] = METADATA_HEADERS
     ) -> dict[str, Any]:
         """One users.messages.get."""
-
-        def make() -> Any:
-            return (
+        header_list = list(headers) if fmt == "metadata" else None
+        return self.execute_for_object(
+            lambda: (
                 self.service.users()
                 .messages()
-                .get(
-                    userId="me",
-                    id=message_id,
-                    format=fmt,
-                    metadataHeaders=list(headers) if fmt == "metadata" else None,
-                )
+                .get(userId="me", id=message_id, format=fmt, metadataHeaders=header_list)
             )
-
-        result = self.execute(make)
-        return result if isinstance(result, dict) else {}
+        )
 
     def get_thread(self, thread_id: str) -> dict[str, Any]:
         """One users.threads.get (``format=full``): every message of the thread in one round trip."""
-        result = self.execute(
+        return self.execute_for_object(
             lambda: self.service.users().threads().get(userId="me", id=thread_id, format="full")
         )
-        return result if isinstance(result, dict) else {}
 
     def get_attachment(self, message_id: str, attachment_id: str) -> dict[str, Any]:
-        """One users.messages.attachments.get, read whole: ``{size, data}`` (for small body parts)."""
-
-        def make() -> Any:
-            return (
+        """One users.messages.attachments.get, read whole: ``{size, data}`` (for body parts, not files)."""
+        return self.execute_for_object(
+            lambda: (
                 self.service.users()
                 .messages()
                 .attachments()
                 .get(userId="me", messageId=message_id, id=attachment_id)
             )
-
-        result = self.execute(make)
-        return result if isinstance(result, dict) else {}
+        )
 
     def get_messages(
         self, ids: list[str], *, fmt: str, headers: Iterable[str] = METADATA_HEADERS
