@@ -470,6 +470,20 @@ def test_a_401_on_the_attachment_refreshes_the_token_once_through_the_store(
     assert last.headers["authorization"] == f"Bearer {new_token}"
 
 
+@pytest.mark.parametrize("style", ["compact", "pretty", "data_first"])
+def test_the_attachment_answer_is_read_whatever_its_json_layout(client, alice, gmail, style):
+    gmail.attachment_json_style = style
+    data = os.urandom(200_003)  # not a multiple of 3: the base64 ends in a partial group
+    message_id = gmail.add_message(with_parts(file_part(data, "a.bin", "application/octet-stream")))
+
+    response = get(client, "get_attachment", message_id=message_id, attachment_id="part-1")
+
+    assert response.status_code == 200
+    assert response.get_data() == data
+    # Without a size before the data, the part's own size (from the message) is the Content-Length.
+    assert response.headers["Content-Length"] == str(len(data))
+
+
 def test_gmail_error_before_the_attachment_streams_is_mapped(client, alice, gmail):
     message_id = gmail.add_message(with_parts(file_part(b"abc" * 100, "a.bin", "application/octet-stream")))
     gmail.fail_next(ATTACHMENT_PATH, 503, count=1)

@@ -29,6 +29,8 @@ Attachments in `format=full`: a part with a filename or `Content-Disposition: at
 its bytes come inline as `body.data` with no attachmentId, as Gmail does for some small parts; any other
 non-multipart part (a body, an inline image without a name) has `body.data`, unless it is longer than
 `body_attachment_over_bytes` (default None: never), when it too is left behind an attachmentId.
+`attachment_json_style` lays out attachments.get's answer: "compact" (default), "pretty" (Google's
+default layout) or "data_first".
 
 Known simplifications: `format=metadata` returns `payload` as {"mimeType", "headers"} only (as Gmail does);
 header values are returned exactly as in the raw message (RFC 2047 encoded words NOT decoded, like Gmail);
@@ -218,6 +220,9 @@ class FakeGmail(FakeServer):
         self.upload_types: list[str] = []
         self.unsupported_query_terms: list[str] = []
         self.inline_data_max_bytes = 0
+        # attachments.get's JSON: "compact" {"size", "data"}, "pretty" (Google's default layout, with
+        # "attachmentId" first) or "data_first" (no size before the data).
+        self.attachment_json_style = "compact"
         # Gmail leaves a very large body part behind an attachmentId too; None: never.
         self.body_attachment_over_bytes: int | None = None
 
@@ -479,7 +484,16 @@ class FakeGmail(FakeServer):
         if part is None:
             return google_error(404, "Requested entity was not found.", "notFound")
         data = _part_bytes(part)
-        return Response.json(200, {"size": len(data), "data": base64.urlsafe_b64encode(data).decode("ascii")})
+        encoded = base64.urlsafe_b64encode(data).decode("ascii")
+        if self.attachment_json_style == "data_first":
+            payload: dict[str, Any] = {"data": encoded, "size": len(data)}
+        else:
+            payload = {"size": len(data), "data": encoded}
+        if self.attachment_json_style != "pretty":
+            return Response.json(200, payload)
+        # Google's APIs answer pretty-printed JSON unless asked for prettyPrint=false.
+        body = json.dumps({"attachmentId": match["aid"], **payload}, indent=2).encode()
+        return Response(200, body, {"Content-Type": "application/json; charset=UTF-8"})
 
     def _send_json(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
         try:
