@@ -597,3 +597,7 @@ def test_reads_write_audit_rows_without_content(client, alice, gmail, conn):
 
     assert [(r["action"], r["http_status"]) for r in rows] == [(audit.READ, 200), (audit.READ, 404)]
     assert rows[0]["gmail_message_id"] == message_id and rows[0]["gmail_calls"] == 1
+    ok(get(client, "get_thread", thread_id=message_id))
+    thread_row = conn.one("SELECT * FROM gmail_audit_logs WHERE action = :action", action=audit.READ_THREAD)
+    assert thread_row is not None and thread_row["gmail_thread_id"] == message_id
+    assert "secret subject" not in str(thread_row)

@@ -10,9 +10,9 @@ Attachments are streamed: the bytes pass through in 64 KiB chunks, never whole.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import flask
 
@@ -25,6 +25,8 @@ from shared.mime.request import DEFAULT_MIME_TYPE
 from shared.request_types import GetAttachmentRequest, GetEmailRequest, GetThreadRequest, UserRequest
 from shared.tokens import provider
 from shared.web import Call
+
+T = TypeVar("T")
 
 
 def get_email(args: GetEmailRequest, call: Call) -> dict[str, Any]:
@@ -163,7 +165,7 @@ def _fetch_pending_bodies(client: GmailClient, resource: Mapping[str, object]) -
     return fetched
 
 
-def _audited(args: UserRequest, call: Call, target: str, action: str, read: Any) -> Any:
+def _audited(args: UserRequest, call: Call, target: str, action: str, read: Callable[[GmailClient], T]) -> T:
     """Runs ``read`` with the user's Gmail client and writes the audit row, success or not."""
     with provider.open_session() as session:
         try:
@@ -172,6 +174,13 @@ def _audited(args: UserRequest, call: Call, target: str, action: str, read: Any)
         except SkillEmailError as exc:
             record_audit(session, args, action, call, http_status=exc.status, error_code=exc.code)
             raise
-        message_id = getattr(args, "message_id", None)
-        record_audit(session, args, action, call, http_status=200, gmail_message_id=message_id)
+        record_audit(
+            session,
+            args,
+            action,
+            call,
+            http_status=200,
+            gmail_message_id=getattr(args, "message_id", None),
+            gmail_thread_id=getattr(args, "thread_id", None),
+        )
         return result
