@@ -63,7 +63,11 @@ def _legacy(sender: str, subject: str, body: str, charset: str, when: datetime) 
 
 
 def seed(gmail: FakeGmail, address: str = DEMO_ADDRESS) -> Seeded:
-    """Stores the demo messages in ``address``'s mailbox of ``gmail``; returns the ids worth showing."""
+    """Stores the demo messages in ``address``'s mailbox of ``gmail``; returns the ids worth showing.
+
+    A new fake numbers its messages from one fixed start, in the order stored here, so the ids are the
+    same at every start: the README's get_email line names the Korean message (the fifth) by its id.
+    """
 
     def at(hours: int) -> datetime:
         return _START + timedelta(hours=hours)

@@ -142,6 +142,19 @@ def _multipart(
     return parts
 
 
+def _disposition_filename(value: str) -> str | None:
+    """The filename of a Content-Disposition header: ``filename*`` (RFC 6266/5987, UTF-8) when given,
+    else the plain ``filename``, which servers send as an ASCII fallback beside it."""
+    if not value:
+        return None
+    header = email.message.Message()
+    header["Content-Disposition"] = value
+    names = [v for k, v in header.get_params(header="content-disposition") or [] if k == "filename"]
+    extended = [name for name in names if isinstance(name, tuple)]
+    chosen = extended[0] if extended else (names[0] if names else None)
+    return None if chosen is None else email.utils.collapse_rfc2231_value(chosen)
+
+
 def _drop_none(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
 
@@ -386,12 +399,10 @@ class SkillEmailClient:
             }
         )
         response = self._request("get_attachment", "GET", params=params)
-        disposition = email.message.Message()
-        disposition["Content-Disposition"] = response.headers.get("Content-Disposition", "attachment")
         return {
             "content": response.content,
             "mime_type": response.headers.get("Content-Type", "application/octet-stream"),
-            "filename": disposition.get_filename(),
+            "filename": _disposition_filename(response.headers.get("Content-Disposition", "")),
         }
 
     def create_draft(
