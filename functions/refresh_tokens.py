@@ -16,5 +16,8 @@ def refresh_tokens(args: RefreshTokensRequest, call: web.Call) -> Any:
         call.log.update(
             checked=summary["checked"], refreshed=summary["refreshed"], failed=len(summary["failed"])
         )
+        from shared.events import scheduled  # first use only: Gmail's client is costly to import
+
+        call.log.update(scheduled.run())  # new mail: renew watches, re-drive webhooks, purge
         return summary
     return provider.refresh_user(args.user_id, args.robeing_id)

@@ -36,6 +36,8 @@ class Target:
     max_body: int = MAX_BODY_BYTES
     # Who besides the operator may call it (and so gets run.invoker on it when deployed).
     roles: tuple[str, ...] = (ROBEING,)
+    # "http", or "pubsub": a CloudEvent function deployed with a Pub/Sub trigger (gmail_push).
+    trigger: str = "http"
 
     @property
     def module(self) -> str:
@@ -69,6 +71,27 @@ TARGETS: tuple[Target, ...] = (
         ("GET", "POST"),
         rt.TokenStatusRequest,
         "tells whether a user has a usable token; never returns token values",
+    ),
+    Target(
+        "watch_mailbox",
+        ("POST",),
+        rt.WatchMailboxRequest,
+        "starts or stops new-mail notifications for a user",
+    ),
+    Target(
+        "gmail_push",
+        ("POST",),
+        rt.GmailPushRequest,
+        "Gmail's notification: finds the new messages and queues events for robeings",
+        # Called by Eventarc's own identity, which deploy.sh grants; no caller role.
+        roles=(),
+        trigger="pubsub",
+    ),
+    Target(
+        "list_events",
+        ("GET", "POST"),
+        rt.ListEventsRequest,
+        "the events queued for a robeing, for pulling instead of (or besides) webhooks",
     ),
 )
 
