@@ -212,8 +212,8 @@ def test_expired_history_is_resynced_by_listing_then_continues(
 ) -> None:
     seen = watched.add_message(raw_message("seen"))
     assert push(client, watched.notification()).status_code == 200
-    watched.expire_history()
     missed = [watched.add_message(raw_message(f"missed {index}")) for index in range(3)]
+    watched.expire_history()  # Gmail no longer has the history since the last notification
     assert push(client, watched.notification()).status_code == 200
     listed = watched.find("GET", r"/messages$")
     assert listed and listed[-1].param("labelIds") == "INBOX"

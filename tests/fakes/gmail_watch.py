@@ -66,7 +66,7 @@ class GmailWatchMixin:
     # ---- configuration and inspection --------------------------------------------------------------
 
     def expire_history(self, email_address: str | None = None) -> None:
-        """Forget the mailbox's history so far: any startHistoryId up to now is answered 404."""
+        """Forget the mailbox's history so far: a startHistoryId older than the current one is 404."""
         with self.lock:
             mailbox = self.mailboxes[email_address or self.email_address]  # type: ignore[attr-defined]
             self._history_floor[mailbox.email_address] = mailbox.history_id
@@ -106,7 +106,7 @@ class GmailWatchMixin:
         if not start_text or not start_text.isdigit():
             return _error(400, "Invalid startHistoryId", "invalidArgument")
         start = int(start_text)
-        if start <= self._history_floor.get(mailbox.email_address, 0):
+        if start < self._history_floor.get(mailbox.email_address, 0):
             return _error(404, "Requested entity was not found.", "notFound")
         types = [value for value in request.query.get("historyTypes", [])]
         if any(value not in HISTORY_TYPES for value in types):
