@@ -262,6 +262,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         config.TOKEN_KEYS,
         config.GMAIL_API_ENDPOINT,
         config.GOOGLE_CLOUD_PROJECT,
+        config.PUBSUB_TOPIC,
+        config.WEBHOOK_RETRY_BASE_SECONDS,
     ):
         monkeypatch.delenv(name, raising=False)
     secret_manager.secrets.clear()

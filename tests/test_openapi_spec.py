@@ -37,12 +37,16 @@ CONTRACT_FIELDS = {
     },
     "refresh_tokens": {"user_id", "robeing_id", "window_seconds"},
     "token_status": {"user_id", "robeing_id"},
+    "watch_mailbox": {"user_id", "robeing_id", "action", "label_ids"},
+    "list_events": {"robeing_id", "after", "limit"},
 }  # fmt: skip
 METHODS = {
     "send_email": {"post"},
     "list_emails": {"get", "post"},
     "refresh_tokens": {"post"},
     "token_status": {"get", "post"},
+    "watch_mailbox": {"post"},
+    "list_events": {"get", "post"},
 }
 MESSAGE_FIELDS = {
     "id", "thread_id", "label_ids", "snippet", "from", "to", "cc", "subject", "date", "internal_date",
@@ -104,7 +108,7 @@ def test_request_schema_has_exactly_the_contract_fields(spec: dict[str, Any], ta
     assert set(schema["properties"]) == CONTRACT_FIELDS[target]
 
 
-@pytest.mark.parametrize("target", ["list_emails", "token_status"])
+@pytest.mark.parametrize("target", ["list_emails", "token_status", "list_events"])
 def test_get_query_parameters_are_the_contract_fields(spec: dict[str, Any], target: str) -> None:
     params = {p["name"] for p in spec["paths"][f"/{target}"]["get"]["parameters"] if p["in"] == "query"}
     assert params == CONTRACT_FIELDS[target]
@@ -130,6 +134,21 @@ def test_list_message_has_the_contract_fields(spec: dict[str, Any]) -> None:
     assert {"body_text", "body_html"} <= set(message["properties"])
     attachment = spec["components"]["schemas"]["AttachmentInfo"]
     assert set(attachment["properties"]) == {"filename", "mime_type", "size", "attachment_id"}
+
+
+def test_events_and_their_webhook_follow_the_contract(spec: dict[str, Any]) -> None:
+    event = spec["components"]["schemas"]["Event"]
+    assert set(event["required"]) == {"id", "type", "created_at", "user_id", "robeing_id", "message"}
+    watch = request_schema(spec, "watch_mailbox")
+    assert set(watch["required"]) == {"user_id", "robeing_id"}
+    assert watch["properties"]["action"] == {"type": "string", "enum": ["start", "stop"], "default": "start"}
+    limit = request_schema(spec, "list_events")["properties"]["limit"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 500, 100)
+    hook = spec["webhooks"]["messageReceived"]["post"]
+    headers = {p["name"] for p in hook["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    body = hook["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/Event"}
 
 
 def test_security_is_a_bearer_id_token(spec: dict[str, Any]) -> None:
