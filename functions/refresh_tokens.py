@@ -2,9 +2,10 @@
 
 from typing import Any
 
-from shared import provider, web
+from shared import retention, web
 from shared.errors import InvalidArgument
 from shared.request_types import RefreshTokensRequest
+from shared.tokens import provider
 
 
 @web.http_function("refresh_tokens")
@@ -16,6 +17,7 @@ def refresh_tokens(args: RefreshTokensRequest, call: web.Call) -> Any:
         call.log.update(
             checked=summary["checked"], refreshed=summary["refreshed"], failed=len(summary["failed"])
         )
+        call.log.update(retention.purge_configured().as_log_fields())
         from shared.events import scheduled  # first use only: Gmail's client is costly to import
 
         call.log.update(scheduled.run())  # new mail: renew watches, re-drive webhooks, purge

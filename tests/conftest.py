@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from devtools.embedded_pg import DEFAULT_PASSWORD, EmbeddedPostgres
-from shared import config, db, logs, schema, secret_manager, tokens
+from shared import config, db, logs, schema, secret_manager
+from shared.tokens.cipher import forget_ciphers
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,10 +265,11 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         config.GOOGLE_CLOUD_PROJECT,
         config.PUBSUB_TOPIC,
         config.WEBHOOK_RETRY_BASE_SECONDS,
+        config.AUDIT_RETENTION_DAYS,
     ):
         monkeypatch.delenv(name, raising=False)
     secret_manager.secrets.clear()
-    tokens._cipher_cache.clear()
+    forget_ciphers()
     if "shared.mail" in sys.modules:  # the per-instance sender cache: each test starts without it
         sys.modules["shared.mail"]._senders.clear()
     handler = _CaptureHandler()

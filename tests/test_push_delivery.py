@@ -14,8 +14,9 @@ import pytest
 from standardwebhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from shared import cli, clock, crypto, db, schema
+from shared import cli, clock, db, schema
 from shared.events import delivery
+from shared.tokens import crypto
 from tests.conftest import MAILBOX, SECRET_VALUES, insert_row, secret, utc_in
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint

@@ -12,9 +12,10 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import Any
 
-from shared import clock, config, provider
+from shared import clock, config
 from shared.errors import NotFound, PermissionDenied, ReauthRequired, SkillEmailError, UpstreamError
 from shared.gmail import GmailClient, StoreCredentials
+from shared.tokens import provider
 
 # Google allows at most 500 history records or message ids per page.
 PAGE_SIZE = 500

@@ -12,11 +12,12 @@ import secrets
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from shared import clock, tokens
+from shared import clock
 from shared.config import ConfigError
-from shared.crypto import TokenCipher
 from shared.db import Connection
 from shared.errors import InvalidArgument
+from shared.tokens.cipher import token_cipher
+from shared.tokens.crypto import TokenCipher
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -98,7 +99,7 @@ def open_webhook(robeing_id: str, url: str, stored_secret: str) -> Webhook:
     """
     if stored_secret.startswith(SECRET_PREFIX):
         return Webhook(robeing_id, url, stored_secret)
-    cipher = tokens.token_cipher()
+    cipher = token_cipher()
     if cipher is None:
         raise ConfigError("a webhook secret is stored encrypted but no token keyring is configured")
     return Webhook(robeing_id, url, cipher.decrypt(stored_secret, user_id=robeing_id, field=SECRET_FIELD))
