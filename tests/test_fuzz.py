@@ -55,6 +55,7 @@ def world(
     with FakeGmail(email_address=MAILBOX) as gmail:
         gmail.trust(token_endpoint)
         monkeypatch.setenv("GMAIL_API_ENDPOINT", gmail.url)
+        monkeypatch.setenv("PUBSUB_TOPIC", "projects/fuzz/topics/gmail")  # as deployed: watches can start
         monkeypatch.setattr(mail, "_senders", {})
         monkeypatch.setattr(mail, "UNKNOWN_OUTCOME_WAIT_S", 0.01)
         monkeypatch.setattr(gmail_module, "BACKOFF_BASE_S", 0.001)

@@ -102,7 +102,8 @@ def _handle(event: Any, fields: dict[str, Any]) -> str:
         return "unparseable"
     fields["history_id"] = notification.history_id
     try:
-        result = sync.sync_mailbox(notification.email_address, notification.history_id)
+        with db.connection() as conn:  # one connection for the sync and the deliveries after it
+            return _sync_and_deliver(conn, notification, fields)
     except SkillEmailError as exc:
         fields["error_code"] = exc.code
         if exc.status >= 500 or exc.retryable:
@@ -110,6 +111,10 @@ def _handle(event: Any, fields: dict[str, Any]) -> str:
             raise
         logger.error("notification acknowledged without sync: %s: %s", exc.code, exc.message)
         return "acknowledged"
+
+
+def _sync_and_deliver(conn: db.Connection, notification: GmailPushRequest, fields: dict[str, Any]) -> str:
+    result = sync.sync_mailbox(conn, notification.email_address, notification.history_id)
     if not result.known:
         logger.info("notification for a mailbox nobody watches, acknowledged (@%s)", _domain(notification))
         return "unwatched"
@@ -124,8 +129,7 @@ def _handle(event: Any, fields: dict[str, Any]) -> str:
         return "up_to_date"
     if result.queued:
         try:
-            with db.connection() as conn:
-                fields.update(delivery.deliver_new(conn, result.queued).as_dict())
+            fields.update(delivery.deliver_new(conn, result.queued).as_dict())
         except SkillEmailError as exc:  # queued already: the scheduled run delivers them
             logger.warning("immediate delivery skipped: %s; the scheduled run retries", exc.code)
     return "synced"

@@ -61,47 +61,43 @@ def watchers_of(conn: db.Connection, email_address: str) -> list[Watcher]:
     return [Watcher(row["user_id"], row["robeing_id"], tuple(row["label_ids"] or ())) for row in rows]
 
 
-def sync_mailbox(email_address: str, notified_history_id: int) -> SyncResult:
-    """Processes one notification for ``email_address``; see the module docstring.
+def sync_mailbox(conn: db.Connection, email_address: str, notified_history_id: int) -> SyncResult:
+    """Processes one notification for ``email_address`` on ``conn``; see the module docstring.
 
     Raises:
         Unavailable: the database or Gmail could not be reached (the notification should be redelivered).
         NotFound, ReauthRequired, PermissionDenied: no watcher's token can read the mailbox.
     """
     email_address = email_address.strip().lower()
-    with db.connection() as conn:
-        stored = conn.one(
-            "SELECT history_id FROM gmail_mailbox_watch WHERE email_address = :e", e=email_address
+    stored = conn.one("SELECT history_id FROM gmail_mailbox_watch WHERE email_address = :e", e=email_address)
+    if stored is None:
+        return SyncResult(known=False)
+    watchers = watchers_of(conn, email_address)
+    if not watchers:
+        return SyncResult(known=False)
+    user_ids = sorted({w.user_id for w in watchers})
+    result = SyncResult(known=True, watchers=len(watchers), user_ids=user_ids)
+    if notified_history_id <= int(stored["history_id"]):
+        result.skipped = True
+        return result
+    tokens = [(w.user_id, w.robeing_id) for w in watchers]
+    with gmail_access.client_for_any(tokens) as client, conn.transaction():
+        row = conn.one(
+            "SELECT history_id, last_message_ms FROM gmail_mailbox_watch WHERE email_address = :e FOR UPDATE",
+            e=email_address,
         )
-        if stored is None:
+        if row is None:
             return SyncResult(known=False)
-        watchers = watchers_of(conn, email_address)
+        watchers = watchers_of(conn, email_address)  # as they are now, under the lock
         if not watchers:
             return SyncResult(known=False)
-        user_ids = sorted({w.user_id for w in watchers})
-        result = SyncResult(known=True, watchers=len(watchers), user_ids=user_ids)
-        if notified_history_id <= int(stored["history_id"]):
+        start = int(row["history_id"])
+        if notified_history_id <= start:  # the sync we waited for covered this one
             result.skipped = True
             return result
-        tokens = [(w.user_id, w.robeing_id) for w in watchers]
-        with gmail_access.client_for_any(tokens) as client, conn.transaction():
-            row = conn.one(
-                "SELECT history_id, last_message_ms FROM gmail_mailbox_watch WHERE email_address = :e "
-                "FOR UPDATE",
-                e=email_address,
-            )
-            if row is None:
-                return SyncResult(known=False)
-            watchers = watchers_of(conn, email_address)  # as they are now, under the lock
-            if not watchers:
-                return SyncResult(known=False)
-            start = int(row["history_id"])
-            if notified_history_id <= start:  # the sync we waited for covered this one
-                result.skipped = True
-                return result
-            last_ms = int(row["last_message_ms"])
-            _sync_locked(conn, client, email_address, start, last_ms, watchers, result)
-        return result
+        last_ms = int(row["last_message_ms"])
+        _sync_locked(conn, client, email_address, start, last_ms, watchers, result)
+    return result
 
 
 def _sync_locked(
