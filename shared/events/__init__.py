@@ -16,7 +16,8 @@ Modules, one job each:
 - ``push``: the ``gmail_push`` CloudEvent: parse, sync, deliver; what is acknowledged and what is retried.
 - ``scheduled``: the scheduled run's share: renew watches, re-drive deliveries, purge old events.
 
-May import: ``shared.{clock, config, db, errors, gmail, logs, mime, params, request_types}`` and
+May import: ``shared.{clock, config, db, errors, gmail, logs, params, request_types, web}``,
+``shared.mime.decode`` (MESSAGE), ``shared.mailbox.session`` (a Gmail client for a token) and
 ``shared.tokens`` (the token provider, and the keyring cipher for webhook secrets). Nothing else in
 ``shared`` imports this package (the entry points, the CLI and the scheduled run's one hook do).
 """

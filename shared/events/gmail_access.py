@@ -1,8 +1,8 @@
 """A Gmail client for one user's token, and the few Gmail calls only watches and sync make.
 
-The token comes from the configured store and is refreshed through it, as for every other call. The store's
-database connection is its own: a sync holds the mailbox's row lock on another connection, and a token
-refresh commits on this one without touching that transaction.
+The token comes from the configured store and is refreshed through it (``mailbox.session``), as for every
+other call. The store's database connection is its own: a sync holds the mailbox's row lock on another
+connection, and a token refresh commits on this one without touching that transaction.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import Any
 
-from shared import clock, config
+from shared import clock
 from shared.errors import NotFound, PermissionDenied, ReauthRequired, SkillEmailError, UpstreamError
-from shared.gmail import GmailClient, StoreCredentials
+from shared.gmail import GmailClient
+from shared.mailbox import session as mailbox_session
 from shared.tokens import provider
 
 # Google allows at most 500 history records or message ids per page.
@@ -31,16 +32,11 @@ def client_for(user_id: str, robeing_id: str | None) -> Iterator[GmailClient]:
     Raises:
         NotFound, ReauthRequired, Unavailable, UpstreamError: as any call that reads a token.
     """
-    with provider.open_session() as session:
-        record = session.store.usable(user_id, robeing_id)
-
-        def refresh(stale: str | None) -> tuple[str | None, datetime | None]:
-            nonlocal record
-            record = session.store.refresh_record(record, stale)
-            return record.access_token, record.expiry
-
-        credentials = StoreCredentials(record.access_token, record.expiry, refresh)
-        yield GmailClient(config.load_settings().gmail_api_endpoint, credentials)
+    with (
+        provider.open_session() as session,
+        mailbox_session.gmail_client(session, user_id, robeing_id, {}) as (client, _record),
+    ):
+        yield client
 
 
 @contextmanager

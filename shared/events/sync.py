@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import clock, db, mime
+from shared import clock, db
 from shared.errors import NotFound
 from shared.events import gmail_access, outbox
 from shared.events.outbox import Watcher
 from shared.gmail import GmailClient
+from shared.mime import decode
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def _sync_locked(
     items: list[tuple[Watcher, dict[str, Any]]] = []
     newest = last_message_ms
     for resource in resources:
-        message = mime.parse_gmail_message(resource, include_body=False)
+        message = decode.parse_gmail_message(resource, include_body=False)
         message_labels = labels_at_add.get(str(resource.get("id"))) or message["label_ids"]
         newest = max(newest, _internal_date_ms(resource))
         items.extend((watcher, message) for watcher in watchers if watcher.wants(message_labels))  # type: ignore[arg-type]
