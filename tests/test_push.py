@@ -271,3 +271,33 @@ def test_gmail_unavailable_answers_5xx_so_pubsub_redelivers(
     assert push(client, watched.notification()).status_code == 500
     assert push(client, watched.notification()).status_code == 200  # the redelivery
     assert message_ids(client) == [added]
+
+
+def test_a_robeings_events_commit_in_queued_order_so_a_cursor_never_skips_one(
+    database_url: str, conn: db.Connection
+) -> None:
+    """Two syncs (two mailboxes) queueing for one robeing: the second waits for the first to commit, so
+    no event with a smaller seq can appear after a reader has moved its cursor past a larger one."""
+    from shared.events import outbox
+
+    watcher = outbox.Watcher("alice", "robeing-1", ("INBOX",))
+    other = outbox.Watcher("bob", "robeing-1", ("INBOX",))
+    finished = threading.Event()
+    with db.connection(db.parse_database_url(database_url)) as first:
+        first.run("BEGIN")
+        [first_seq] = outbox.queue(first, [(watcher, {"id": "m-alice"})])
+
+        def second_sync() -> None:
+            with db.connection(db.parse_database_url(database_url)) as second, second.transaction():
+                outbox.queue(second, [(other, {"id": "m-bob"})])
+            finished.set()
+
+        thread = threading.Thread(target=second_sync)
+        thread.start()
+        assert not finished.wait(0.5)  # blocked on the robeing's lock while the first is open
+        assert conn.run("SELECT seq FROM gmail_events") == []  # a reader sees neither yet
+        first.run("COMMIT")
+    thread.join(timeout=10)
+    assert finished.is_set()
+    rows = conn.run("SELECT seq, user_id FROM gmail_events ORDER BY seq")
+    assert [row["user_id"] for row in rows] == ["alice", "bob"] and rows[0]["seq"] == first_seq

@@ -141,8 +141,8 @@ def _sync_locked(
     result.queued = outbox.queue(conn, items)
     result.history_id = max(start, history_id)
     conn.run(
-        "UPDATE gmail_mailbox_watch SET history_id = :history_id, last_message_ms = :newest, "
-        "updated_at = :now WHERE email_address = :e",
+        "UPDATE gmail_mailbox_watch SET history_id = GREATEST(history_id, :history_id), "
+        "last_message_ms = GREATEST(last_message_ms, :newest), updated_at = :now WHERE email_address = :e",
         history_id=result.history_id,
         newest=newest,
         now=clock.to_naive_utc(clock.utcnow()),
