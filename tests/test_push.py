@@ -7,12 +7,14 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from shared import db
 from tests.conftest import MAILBOX
+from tests.conftest import row as token_row
 from tests.fakes.gmail import FakeGmail
 from tests.push_support import TOPIC, cloud_event, events_of, push, raw_message
 
@@ -301,3 +303,41 @@ def test_a_robeings_events_commit_in_queued_order_so_a_cursor_never_skips_one(
     assert finished.is_set()
     rows = conn.run("SELECT seq, user_id FROM gmail_events ORDER BY seq")
     assert [row["user_id"] for row in rows] == ["alice", "bob"] and rows[0]["seq"] == first_seq
+
+
+def test_starting_again_while_watching_keeps_the_history_so_nothing_is_skipped(
+    client: Any, watched: FakeGmail, conn: db.Connection
+) -> None:
+    before = watched.add_message(raw_message("arrived before the second start"))
+    start_watch(client)  # e.g. a robeing that restarts and starts its watch again
+    assert watched.watch_calls == [MAILBOX, MAILBOX]
+    assert push(client, watched.notification()).status_code == 200
+    assert message_ids(client) == [before]
+
+
+def test_a_mailbox_whose_token_was_revoked_is_acknowledged_and_caught_up_after_reconnecting(
+    client: Any,
+    user_token: Any,
+    token_endpoint: Any,
+    topic: str,
+    gmail: FakeGmail,
+    conn: db.Connection,
+    log_lines: list[str],
+) -> None:
+    row_id = user_token("alice", expires_in=3600, equipped_to="robeing-1")
+    gmail.allow_token(token_row(conn, row_id)["token_data"]["access_token"])
+    start_watch(client)
+    missed = gmail.add_message(raw_message("while disconnected"))
+    # The person revokes access: the stored token has expired and Google refuses its refresh token.
+    conn.run("UPDATE gmail_token SET expiry = :t WHERE id = :id", t=datetime.utcnow(), id=row_id)
+    token_endpoint.revoke(token_row(conn, row_id)["token_data"]["refresh_token"])
+    assert push(client, gmail.notification()).status_code == 200  # redelivering would not help
+    assert any('"outcome": "acknowledged"' in line and "reauth_required" in line for line in log_lines)
+    assert message_ids(client) == []
+    # Reconnected (a new token stored): the next notification catches up from the stored history id.
+    conn.run("DELETE FROM gmail_token")
+    new_row = user_token("alice", expires_in=3600, equipped_to="robeing-1")
+    gmail.allow_token(token_row(conn, new_row)["token_data"]["access_token"])
+    later = gmail.add_message(raw_message("after reconnecting"))
+    assert push(client, gmail.notification()).status_code == 200
+    assert message_ids(client) == [missed, later]
