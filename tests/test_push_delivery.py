@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared import cli, clock, db, schema
 from shared.events import delivery
-from shared.tokens import crypto
+from shared.tokens import keyring as token_keyring
 from tests.conftest import MAILBOX, SECRET_VALUES, insert_row, secret, utc_in
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
@@ -217,7 +217,7 @@ def test_webhook_secret_is_stored_encrypted_under_the_token_keyring(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    keyring = json.dumps({"primary": "k1", "keys": {"k1": crypto.generate_key()}})
+    keyring = json.dumps({"primary": "k1", "keys": {"k1": token_keyring.generate_key()}})
     SECRET_VALUES.add(keyring)
     monkeypatch.setenv("TOKEN_KEYS", keyring)
     signing_secret = set_webhook(capsys, "robeing-1", webhook.url)
