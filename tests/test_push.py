@@ -341,3 +341,23 @@ def test_a_mailbox_whose_token_was_revoked_is_acknowledged_and_caught_up_after_r
     later = gmail.add_message(raw_message("after reconnecting"))
     assert push(client, gmail.notification()).status_code == 200
     assert message_ids(client) == [missed, later]
+
+
+def test_two_robeings_starting_at_once_leave_gmail_watching_both_their_labels(
+    client: Any, robeing_token: Any, topic: str, gmail: FakeGmail
+) -> None:
+    for robeing_id in ("robeing-1", "robeing-2", "robeing-3"):
+        robeing_token("alice", robeing_id)
+    start_watch(client, "robeing-3", label_ids=["Label_9"])  # the mailbox is already watched
+    gmail.latency = 0.2  # each start is inside its Gmail calls long enough for the other to arrive
+    bodies = [
+        {"user_id": "alice", "robeing_id": "robeing-1", "label_ids": ["INBOX"]},
+        {"user_id": "alice", "robeing_id": "robeing-2", "label_ids": ["Label_5"]},
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        statuses = list(
+            pool.map(lambda body: client("watch_mailbox").post("/", json=body).status_code, bodies)
+        )
+    assert statuses == [200, 200]
+    # Whichever called Gmail last saw the other's watch: Gmail watches the union.
+    assert sorted(gmail.watches[MAILBOX]["labelIds"]) == ["INBOX", "Label_5", "Label_9"]
