@@ -368,3 +368,23 @@ def test_database_down_during_a_push_answers_5xx_and_nothing_is_lost(
         page = client("list_events").get("/?robeing_id=robeing-1").get_json()
         assert [event["message"]["id"] for event in page["events"]] == [first, second]
         assert gmail.watches[MAILBOX]["topicName"] == TOPIC
+
+
+def test_a_pass_past_its_budget_leaves_the_rest_due_for_the_next_run(
+    client: Any,
+    watched: FakeGmail,
+    webhook: FakeWebhook,
+    hooked: str,
+    conn: db.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(delivery, "PASS_BUDGET_S", -1.0)  # as if the pass had already run its 25 s
+    watched.add_message(raw_message("later, please"))
+    assert push(client, watched.notification()).status_code == 200
+    assert webhook.deliveries == []
+    [event] = events_of(conn, "robeing-1")
+    assert (event["attempts"], event["delivered_at"]) == (0, None)
+    assert event["next_attempt_at"] <= utc_in(1)  # due at once: the next run takes it
+    monkeypatch.setattr(delivery, "PASS_BUDGET_S", 25.0)
+    scheduled_run(client)
+    assert len(webhook.deliveries) == 1
