@@ -40,7 +40,15 @@ def list_events(client: Any, robeing_id: str = "robeing-1", **query: Any) -> dic
 
 
 def message_ids(client: Any, robeing_id: str = "robeing-1") -> list[str]:
-    return [event["message"]["id"] for event in list_events(client, robeing_id, limit=500)["events"]]
+    """The message ids of every event of the robeing, in queued order (every page)."""
+    ids: list[str] = []
+    query: dict[str, Any] = {"limit": 500}
+    while True:
+        page = list_events(client, robeing_id, **query)
+        if not page["events"]:
+            return ids
+        ids.extend(event["message"]["id"] for event in page["events"])
+        query["after"] = page["next_cursor"]
 
 
 # -- watch_mailbox ---------------------------------------------------------------------------------------
@@ -361,3 +369,13 @@ def test_two_robeings_starting_at_once_leave_gmail_watching_both_their_labels(
     assert statuses == [200, 200]
     # Whichever called Gmail last saw the other's watch: Gmail watches the union.
     assert sorted(gmail.watches[MAILBOX]["labelIds"]) == ["INBOX", "Label_5", "Label_9"]
+
+
+def test_a_long_backlog_is_synced_a_history_page_per_transaction(
+    client: Any, watched: FakeGmail, conn: db.Connection
+) -> None:
+    ids = [watched.add_message(raw_message(f"backlog {index}")) for index in range(1100)]
+    assert push(client, watched.notification()).status_code == 200
+    starts = [int(request.param("startHistoryId") or 0) for request in watched.find("GET", r"/history$")]
+    assert len(starts) == 3 and starts == sorted(starts)  # 500 + 500 + 100, each page after the last
+    assert message_ids(client) == ids

@@ -88,45 +88,47 @@ def stop(client: GmailClient) -> None:
     client.execute(lambda: client.service.users().stop(userId="me"))
 
 
-def history_added(client: GmailClient, start_history_id: int) -> tuple[list[dict[str, Any]], int]:
-    """Every message added since ``start_history_id`` (users.history.list, every page).
+def history_page(client: GmailClient, start_history_id: int) -> tuple[list[dict[str, Any]], int, bool]:
+    """One page (``PAGE_SIZE`` records) of the messages added since ``start_history_id`` (users.history.list).
 
     Returns:
-        The added messages (``{id, threadId, labelIds?}``) in history order, and the history id to
-        continue from next time.
+        The added messages (``{id, threadId, labelIds?}``) in history order; the history id to continue
+        from (the page's last record when there is more, else the mailbox's current id); and whether
+        there is more.
 
     Raises:
         NotFound: Gmail no longer has history that old; the caller lists the mailbox instead.
     """
-    added: list[dict[str, Any]] = []
-    latest = start_history_id
-    page_token: str | None = None
-    while True:
 
-        def make(token: str | None = page_token) -> Any:
-            return (
-                client.service.users()
-                .history()
-                .list(
-                    userId="me",
-                    startHistoryId=str(start_history_id),
-                    historyTypes=["messageAdded"],
-                    maxResults=PAGE_SIZE,
-                    pageToken=token,
-                )
+    def make() -> Any:
+        return (
+            client.service.users()
+            .history()
+            .list(
+                userId="me",
+                startHistoryId=str(start_history_id),
+                historyTypes=["messageAdded"],
+                maxResults=PAGE_SIZE,
             )
+        )
 
-        result = client.execute(make)
-        result = result if isinstance(result, dict) else {}
-        for record in result.get("history") or []:
-            for item in record.get("messagesAdded") or [] if isinstance(record, dict) else []:
-                message = item.get("message") if isinstance(item, dict) else None
-                if isinstance(message, dict) and message.get("id"):
-                    added.append(message)
-        latest = max(latest, _history_id(result.get("historyId"), default=latest))
-        page_token = result.get("nextPageToken") or None
-        if not page_token:
-            return added, latest
+    result = client.execute(make)
+    result = result if isinstance(result, dict) else {}
+    added: list[dict[str, Any]] = []
+    last_record = start_history_id
+    for record in result.get("history") or []:
+        if not isinstance(record, dict):
+            continue
+        last_record = max(last_record, _history_id(record.get("id"), default=last_record))
+        for item in record.get("messagesAdded") or []:
+            message = item.get("message") if isinstance(item, dict) else None
+            if isinstance(message, dict) and message.get("id"):
+                added.append(message)
+    if result.get("nextPageToken"):
+        # The next page is asked for as "after this page's last record" rather than with the page token,
+        # so each page can be committed (events and history id together) on its own.
+        return added, last_record, True
+    return added, max(start_history_id, _history_id(result.get("historyId"), default=last_record)), False
 
 
 def list_since(client: GmailClient, label_ids: Sequence[str], after_seconds: int) -> list[str]:

@@ -1,13 +1,14 @@
 """One Gmail notification: read the mailbox's history since the last processed id and queue the events.
 
-Concurrency (CONTRACT.md: a notification arriving while the mailbox is being synced is not dropped): the
-sync runs in one transaction holding the mailbox's row lock (``SELECT ... FOR UPDATE``) from before it
-reads the history until it has queued the events and advanced ``history_id``. A second notification for the
-same mailbox waits on that lock (at most the connection's ``lock_timeout``, 12 s; past that it answers 503
-and Pub/Sub redelivers it), then re-reads the history from the id the first one stored, so whatever Gmail
-added meanwhile is found. Events and the new history id commit together or not at all: a sync that fails
-half way leaves the old id, and the redelivered notification does the work again (the outbox's unique key
-absorbs any overlap).
+Concurrency (CONTRACT.md: a notification arriving while the mailbox is being synced is not dropped): each
+page of history (500 records) is synced in one transaction holding the mailbox's row lock (``SELECT ...
+FOR UPDATE``) from before it reads the page until it has queued the events and advanced ``history_id``.
+A second notification for the same mailbox waits on that lock (at most the connection's ``lock_timeout``,
+12 s; past that it answers 503 and Pub/Sub redelivers it), then re-reads the history from the id the first
+one stored, so whatever Gmail added meanwhile is found. Events and the new history id commit together or
+not at all: a sync that fails half way leaves the old id, and the redelivered notification does the work
+again (the outbox's unique key absorbs any overlap). A page per transaction keeps each one short (the
+connection's idle-in-transaction limit is 30 s) however long the backlog.
 
 A notification whose history id is not beyond the stored one (a duplicate, or one overtaken by a later
 notification) is answered without taking the lock or calling Gmail.
@@ -82,23 +83,29 @@ def sync_mailbox(conn: db.Connection, email_address: str, notified_history_id: i
         result.skipped = True
         return result
     tokens = [(w.user_id, w.robeing_id) for w in watchers]
-    with gmail_access.client_for_any(tokens) as client, conn.transaction():
-        row = conn.one(
-            "SELECT history_id, last_message_ms FROM gmail_mailbox_watch WHERE email_address = :e FOR UPDATE",
-            e=email_address,
-        )
-        if row is None:
-            return SyncResult(known=False)
-        watchers = watchers_of(conn, email_address)  # as they are now, under the lock
-        if not watchers:
-            return SyncResult(known=False)
-        start = int(row["history_id"])
-        if notified_history_id <= start:  # the sync we waited for covered this one
-            result.skipped = True
-            return result
-        last_ms = int(row["last_message_ms"])
-        _sync_locked(conn, client, email_address, start, last_ms, watchers, result)
-    return result
+    with gmail_access.client_for_any(tokens) as client:
+        first = True
+        while True:  # one transaction per history page, so a long backlog never holds one open for long
+            with conn.transaction():
+                row = conn.one(
+                    "SELECT history_id, last_message_ms FROM gmail_mailbox_watch WHERE email_address = :e "
+                    "FOR UPDATE",
+                    e=email_address,
+                )
+                if row is None:
+                    return SyncResult(known=False)
+                watchers = watchers_of(conn, email_address)  # as they are now, under the lock
+                if not watchers:
+                    return SyncResult(known=False)
+                start = int(row["history_id"])
+                if first and notified_history_id <= start:  # the sync we waited for covered this one
+                    result.skipped = True
+                    return result
+                last_ms = int(row["last_message_ms"])
+                more = _sync_locked(conn, client, email_address, start, last_ms, watchers, result)
+            first = False
+            if not more:
+                return result
 
 
 def _sync_locked(
@@ -109,12 +116,17 @@ def _sync_locked(
     last_message_ms: int,
     watchers: Sequence[Watcher],
     result: SyncResult,
-) -> None:
+) -> bool:
+    """One page of history (or the listing after a 404), queued and committed with its history id.
+
+    Returns:
+        Whether the history has more pages.
+    """
     labels = sorted({label for watcher in watchers for label in watcher.label_ids})
     try:
-        added, history_id = gmail_access.history_added(client, start)
+        added, history_id, more = gmail_access.history_page(client, start)
     except NotFound:
-        history_id = gmail_access.profile(client)[1]
+        history_id, more = gmail_access.profile(client)[1], False
         since_ms = max(0, last_message_ms - RESYNC_MARGIN_MS)
         listed = gmail_access.list_since(client, labels, since_ms // 1000)
         added = [{"id": message_id} for message_id in listed]
@@ -137,8 +149,8 @@ def _sync_locked(
         message_labels = labels_at_add.get(str(resource.get("id"))) or message["label_ids"]
         newest = max(newest, _internal_date_ms(resource))
         items.extend((watcher, message) for watcher in watchers if watcher.wants(message_labels))  # type: ignore[arg-type]
-    result.added = len(resources)
-    result.queued = outbox.queue(conn, items)
+    result.added += len(resources)
+    result.queued.extend(outbox.queue(conn, items))
     result.history_id = max(start, history_id)
     conn.run(
         "UPDATE gmail_mailbox_watch SET history_id = GREATEST(history_id, :history_id), "
@@ -148,6 +160,7 @@ def _sync_locked(
         now=clock.to_naive_utc(clock.utcnow()),
         e=email_address,
     )
+    return more
 
 
 def _internal_date_ms(resource: dict[str, Any]) -> int:
