@@ -218,8 +218,11 @@ def test_a_notification_arriving_during_a_sync_is_not_lost(
 
 
 def test_expired_history_is_resynced_by_listing_then_continues(
-    client: Any, watched: FakeGmail, conn: db.Connection
+    client: Any, watched: FakeGmail, conn: db.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from shared.events import sync
+
+    monkeypatch.setattr(sync, "RESYNC_CHUNK", 2)  # the three missed messages are queued in two chunks
     seen = watched.add_message(raw_message("seen"))
     assert push(client, watched.notification()).status_code == 200
     missed = [watched.add_message(raw_message(f"missed {index}")) for index in range(3)]

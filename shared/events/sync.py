@@ -15,7 +15,8 @@ notification) is answered without taking the lock or calling Gmail.
 
 When Gmail no longer has the history asked for (404), the watched labels are listed since the newest
 message seen (less ``RESYNC_MARGIN_MS``), starting from the profile's history id read before the listing, so
-nothing added during the listing falls between the two.
+nothing added during the listing falls between the two. The listed messages are fetched outside any
+transaction and queued ``RESYNC_CHUNK`` at a time; the history id moves at the end.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 # Listing again after a 404 starts this long before the newest message seen: internalDate and Gmail's
 # after: search disagree by up to a second, and a message delivered late may carry an earlier date.
 RESYNC_MARGIN_MS = 10 * 60 * 1000
+# A resync queues this many messages per transaction (ten Gmail batches of 50).
+RESYNC_CHUNK = 500
 
 
 @dataclass
@@ -86,29 +89,46 @@ def sync_mailbox(conn: db.Connection, email_address: str, notified_history_id: i
     with gmail_access.client_for_any(tokens) as client:
         first = True
         while True:  # one transaction per history page, so a long backlog never holds one open for long
-            with conn.transaction():
-                row = conn.one(
-                    "SELECT history_id, last_message_ms FROM gmail_mailbox_watch WHERE email_address = :e "
-                    "FOR UPDATE",
-                    e=email_address,
-                )
-                if row is None:
-                    return SyncResult(known=False)
-                watchers = watchers_of(conn, email_address)  # as they are now, under the lock
-                if not watchers:
-                    return SyncResult(known=False)
-                start = int(row["history_id"])
-                if first and notified_history_id <= start:  # the sync we waited for covered this one
-                    result.skipped = True
-                    return result
-                last_ms = int(row["last_message_ms"])
-                more = _sync_locked(conn, client, email_address, start, last_ms, watchers, result)
+            try:
+                with conn.transaction():
+                    locked = _lock(conn, email_address)
+                    if locked is None:
+                        return SyncResult(known=False)
+                    start, last_ms, watchers = locked
+                    if first and notified_history_id <= start:  # the sync we waited for covered this one
+                        result.skipped = True
+                        return result
+                    more = _sync_page(conn, client, email_address, start, last_ms, watchers, result)
+            except _HistoryExpired as expired:
+                _resync(conn, client, email_address, expired.start, expired.last_message_ms, result)
+                return result
             first = False
             if not more:
                 return result
 
 
-def _sync_locked(
+class _HistoryExpired(Exception):
+    """users.history.list answered 404 for ``start``: the mailbox must be listed instead."""
+
+    def __init__(self, start: int, last_message_ms: int) -> None:
+        super().__init__(start)
+        self.start = start
+        self.last_message_ms = last_message_ms
+
+
+def _lock(conn: db.Connection, email_address: str) -> tuple[int, int, list[Watcher]] | None:
+    """Locks the mailbox's row; its history id, newest message seen and watchers, or None if unwatched."""
+    row = conn.one(
+        "SELECT history_id, last_message_ms FROM gmail_mailbox_watch WHERE email_address = :e FOR UPDATE",
+        e=email_address,
+    )
+    watchers = watchers_of(conn, email_address) if row is not None else []  # as they are now, locked
+    if row is None or not watchers:
+        return None
+    return int(row["history_id"]), int(row["last_message_ms"]), watchers
+
+
+def _sync_page(
     conn: db.Connection,
     client: GmailClient,
     email_address: str,
@@ -117,33 +137,75 @@ def _sync_locked(
     watchers: Sequence[Watcher],
     result: SyncResult,
 ) -> bool:
-    """One page of history (or the listing after a 404), queued and committed with its history id.
+    """One page of history, queued and committed with its history id; whether there are more pages.
 
-    Returns:
-        Whether the history has more pages.
+    Raises:
+        _HistoryExpired: Gmail answered 404 (nothing was written; the transaction is rolled back).
     """
-    labels = sorted({label for watcher in watchers for label in watcher.label_ids})
     try:
         added, history_id, more = gmail_access.history_page(client, start)
     except NotFound:
-        history_id, more = gmail_access.profile(client)[1], False
-        since_ms = max(0, last_message_ms - RESYNC_MARGIN_MS)
-        listed = gmail_access.list_since(client, labels, since_ms // 1000)
-        added = [{"id": message_id} for message_id in listed]
-        result.resynced = True
-        logger.warning("history %d expired; listed the watched labels again (%d messages)", start, len(added))
+        raise _HistoryExpired(start, last_message_ms) from None
+    labels = {label for watcher in watchers for label in watcher.label_ids}
     # Labels as Gmail recorded them when the message was added, when the history says; else as they are now.
     labels_at_add = {str(item["id"]): item.get("labelIds") for item in added}
     wanted = [
         message_id
         for message_id, at_add in labels_at_add.items()
-        if at_add is None or not set(labels).isdisjoint(at_add)
+        if at_add is None or not labels.isdisjoint(at_add)
     ]
     resources = client.get_messages(wanted, fmt="full") if wanted else []
-    if result.resynced:  # a listing is newest first, and per label: queue oldest first, as history does
-        resources.sort(key=lambda resource: (_internal_date_ms(resource), _int(resource.get("historyId"))))
-    items: list[tuple[Watcher, dict[str, Any]]] = []
+    newest = _queue(conn, resources, labels_at_add, watchers, result)
+    _advance(conn, email_address, max(start, history_id), max(last_message_ms, newest), result)
+    return more
+
+
+def _resync(
+    conn: db.Connection,
+    client: GmailClient,
+    email_address: str,
+    start: int,
+    last_message_ms: int,
+    result: SyncResult,
+) -> None:
+    """After a 404: lists the watched labels since the newest message seen and queues what it finds.
+
+    The profile's history id is read first, so history continues from before the listing. Messages are
+    fetched outside any transaction and queued ``RESYNC_CHUNK`` at a time under the mailbox's lock; the
+    history id moves only at the end, so a resync cut short is simply done again (the unique key absorbs
+    what was queued).
+    """
+    history_id = gmail_access.profile(client)[1]
+    labels = sorted({label for watcher in watchers_of(conn, email_address) for label in watcher.label_ids})
+    since_ms = max(0, last_message_ms - RESYNC_MARGIN_MS)
+    listed = gmail_access.list_since(client, labels, since_ms // 1000)
+    result.resynced = True
+    logger.warning("history %d expired; listing the watched labels again (%d messages)", start, len(listed))
+    listed.reverse()  # a listing is newest first: queue oldest first, as history does
     newest = last_message_ms
+    for offset in range(0, len(listed), RESYNC_CHUNK):
+        resources = client.get_messages(listed[offset : offset + RESYNC_CHUNK], fmt="full")
+        resources.sort(key=lambda resource: (_internal_date_ms(resource), _int(resource.get("historyId"))))
+        with conn.transaction():
+            locked = _lock(conn, email_address)
+            if locked is None:
+                return
+            newest = max(newest, _queue(conn, resources, {}, locked[2], result))
+    with conn.transaction():
+        if _lock(conn, email_address) is not None:
+            _advance(conn, email_address, max(start, history_id), newest, result)
+
+
+def _queue(
+    conn: db.Connection,
+    resources: list[dict[str, Any]],
+    labels_at_add: dict[str, Any],
+    watchers: Sequence[Watcher],
+    result: SyncResult,
+) -> int:
+    """Queues each message's event for the watchers of its labels; returns the newest internalDate."""
+    items: list[tuple[Watcher, dict[str, Any]]] = []
+    newest = 0
     for resource in resources:
         message = decode.parse_gmail_message(resource, include_body=False)
         message_labels = labels_at_add.get(str(resource.get("id"))) or message["label_ids"]
@@ -151,16 +213,21 @@ def _sync_locked(
         items.extend((watcher, message) for watcher in watchers if watcher.wants(message_labels))  # type: ignore[arg-type]
     result.added += len(resources)
     result.queued.extend(outbox.queue(conn, items))
-    result.history_id = max(start, history_id)
+    return newest
+
+
+def _advance(
+    conn: db.Connection, email_address: str, history_id: int, newest: int, result: SyncResult
+) -> None:
+    result.history_id = history_id
     conn.run(
         "UPDATE gmail_mailbox_watch SET history_id = GREATEST(history_id, :history_id), "
         "last_message_ms = GREATEST(last_message_ms, :newest), updated_at = :now WHERE email_address = :e",
-        history_id=result.history_id,
+        history_id=history_id,
         newest=newest,
         now=clock.to_naive_utc(clock.utcnow()),
         e=email_address,
     )
-    return more
 
 
 def _internal_date_ms(resource: dict[str, Any]) -> int:
