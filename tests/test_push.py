@@ -154,6 +154,8 @@ def test_a_notification_queues_exactly_the_new_messages(client: Any, watched: Fa
     assert (event["user_id"], event["robeing_id"]) == ("alice", "robeing-1")
     assert event["message"]["subject"] == "회의 안건"
     assert event["message"]["from"] == "김철수 <chulsoo@example.com>"
+    assert event["message"]["from_address"] == {"name": "김철수", "email": "chulsoo@example.com"}
+    assert event["message"]["to_addresses"] == [{"name": None, "email": MAILBOX}]
     assert "body_text" not in event["message"] and "body_html" not in event["message"]
     # Fetched in one Gmail batch, not one request per message.
     assert watched.count("POST", r"^/batch") == 1
