@@ -403,3 +403,9 @@ def test_help_shows_plain_text_not_rest_markup() -> None:
     text = cli.build_parser().format_help()
     assert "``" not in text
     assert "python -m shared.cli --help lists them" in text
+
+
+def test_migrations_are_numbered_once_each_and_applied_in_order():
+    # Branches that each add a migration must not reuse a number or apply out of order.
+    versions = [migration.version for migration in schema.MIGRATIONS]
+    assert versions == sorted(set(versions)) == list(range(1, len(versions) + 1))
