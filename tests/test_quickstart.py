@@ -88,7 +88,10 @@ def banner_port(output: str, pattern: str) -> int:
 
 def test_the_quick_start_works_as_printed_from_a_fresh_clone() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    serve_block, curl_block, client_block = quick_start_blocks(readme)[:3]
+    blocks = quick_start_blocks(readme)
+    serve_block, curl_block = blocks[:2]
+    [push_block] = [block for block in blocks if "watch_mailbox" in block]
+    [client_block] = [block for block in blocks if "skill_email_client" in block]
     assert serve_block.strip() == "python3 tasks.py serve --sandbox"
 
     with scratch_dir("skill-email-quickstart-") as work:
@@ -111,6 +114,18 @@ def test_the_quick_start_works_as_printed_from_a_fresh_clone() -> None:
             read = json.loads(run_in(clone, read_line))
             assert read["subject"] == "다음 주 회의 일정 안내"
             assert read["from_address"] == {"name": "김민준", "email": "minjun@example.kr"}
+
+            # New mail: watch, a delivery, and its event in list_events.
+            push_lines = push_block.replace("localhost:8080", here).strip().splitlines()
+            watch_line, deliver_line, events_line = push_lines
+            assert json.loads(run_in(clone, watch_line))["history_id"]
+            delivered = json.loads(run_in(clone, deliver_line))
+            assert delivered["notified"] is True
+            events = json.loads(run_in(clone, events_line))["events"]
+            [event] = [event for event in events if event["message"]["id"] == delivered["id"]]
+            assert event["type"] == "message.received"
+            assert event["message"]["subject"] == "새 메일"
+            assert event["robeing_id"] == "demo-robeing"
 
             # 2. The client: installed into the clone's .venv, then the example as printed.
             client_script = client_block.replace("localhost:8080", here).replace(".venv/", f"{venv_name()}/")
