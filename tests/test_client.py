@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import google.auth.crypt
+import google.auth.exceptions
 import google.auth.jwt
 import pytest
 import requests
@@ -31,6 +32,7 @@ from skill_email_client import (
     RateLimited,
     SkillEmailClient,
     TransportError,
+    Unauthenticated,
     Unavailable,
     WebhookVerificationError,
     attachment,
@@ -230,11 +232,15 @@ class Recorder(FakeServer):
 
     name = "recorder"
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, refuse_first: int = 0) -> None:
         super().__init__()
         self.fail_first = fail_first
+        self.refuse_first = refuse_first
 
     def handle(self, request: RecordedRequest) -> Response:
+        if self.refuse_first > 0:
+            self.refuse_first -= 1
+            return Response.json(401, {"error": {"code": "unauthenticated", "message": "bad token"}})
         if self.fail_first > 0:
             self.fail_first -= 1
             return Response.json(503, {"error": {"code": "unavailable", "message": "busy"}})
@@ -343,6 +349,33 @@ def test_id_tokens_from_google_auth_are_cached_per_audience_until_near_expiry(
         client.get_email("demo", "m1")
         client.get_email("demo", "m1")
         assert service_account.audiences[2:] == [f"{deployed}/get_email"] * 2
+
+
+def test_a_refused_id_token_is_replaced_once(service_account: IdTokenIssuer) -> None:
+    with Recorder(refuse_first=1) as server:
+        client = SkillEmailClient(f"{server.url}/fn", id_tokens=True)
+        assert client.token_status("demo")
+        assert len(service_account.audiences) == 2  # the cached token was dropped and a new one fetched
+        tokens = [request.headers["authorization"] for request in server.requests]
+        assert len(tokens) == 2
+
+        server.refuse_first = 2
+        with pytest.raises(Unauthenticated) as refused:
+            client.token_status("demo")
+        assert refused.value.status == 401
+        assert len(service_account.audiences) == 3  # one renewal per call, not a loop
+
+
+def test_no_id_token_to_be_had_is_unauthenticated_before_any_request() -> None:
+    def no_credentials(audience: str) -> str:
+        raise google.auth.exceptions.DefaultCredentialsError("no credentials found")
+
+    with Recorder() as server:
+        client = SkillEmailClient(server.url, id_tokens=True, id_token_fetcher=no_credentials)
+        with pytest.raises(Unauthenticated) as missing:
+            client.list_emails("demo")
+        assert "no credentials found" in missing.value.message
+        assert server.requests == []
 
 
 # -- webhooks ---------------------------------------------------------------------------------------

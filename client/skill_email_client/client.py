@@ -3,6 +3,8 @@
 - Authentication: a Google ID token whose audience is the target's URL, from google-auth's
   ``fetch_id_token`` (metadata server, or ``GOOGLE_APPLICATION_CREDENTIALS``), cached per audience until
   five minutes before it expires. None for a local URL (``http://``, ``localhost``, ``127.0.0.1``).
+  A 401 ``unauthenticated`` answer to a cached token drops it and tries once with a new one; no token to
+  be had at all is ``Unauthenticated`` before anything is sent.
 - ``send_email``, ``create_draft`` and ``send_draft`` carry an ``Idempotency-Key`` (a new UUID unless
   one is given), the same on every retry of that call, so a retry never sends twice.
 - Retries: 429 and 503, and a connection that failed or timed out, are retried after ``Retry-After``
@@ -221,10 +223,20 @@ class SkillEmailClient:
         with self._tokens_lock:
             cached = self._tokens.get(audience)
             if cached is None or time.time() >= cached[1] - ID_TOKEN_MARGIN_S:
-                token = self._fetch_id_token(audience)
-                cached = (token, _token_expiry(token))
+                try:
+                    token = self._fetch_id_token(audience)
+                    cached = (token, _token_expiry(token))
+                except Exception as exc:  # google-auth's own errors, or a fetcher's: one class for callers
+                    raise errors.Unauthenticated(
+                        f"no Google ID token for {audience}: {type(exc).__name__}: {exc}"
+                    ) from exc
                 self._tokens[audience] = cached
         return {"Authorization": f"Bearer {cached[0]}"}
+
+    def _forget_id_token(self, url: str) -> bool:
+        """Drops the cached ID token for ``url``; True when there was one."""
+        with self._tokens_lock:
+            return self._tokens.pop(url.split("?", 1)[0], None) is not None
 
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0, min(MAX_BACKOFF_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))  # noqa: S311
@@ -250,6 +262,7 @@ class SkillEmailClient:
             headers[IDEMPOTENCY_KEY_HEADER] = key
         started = time.monotonic()
         attempt = 0
+        renewed = False
         while True:
             attempt += 1
             wait: float | None
@@ -272,6 +285,9 @@ class SkillEmailClient:
                 if response.status_code < 400:
                     return response
                 error = self._error(response)
+                if error.code == "unauthenticated" and not renewed and self._forget_id_token(url):
+                    renewed = True  # a cached token the function refused (revoked, skewed): one new one
+                    continue
                 retry = response.status_code in RETRY_STATUSES
                 if keyed and key is None and error.message_id:
                     retry = False  # the outcome is unknown; only the same key makes a retry safe
