@@ -66,6 +66,7 @@ PERMISSION_REASONS = frozenset(
 
 _documents: dict[str, dict[str, Any]] = {}
 _services: dict[str, Any] = {}
+_resources: dict[tuple[str, ...], Any] = {}
 _build_lock = threading.Lock()
 
 
@@ -94,6 +95,24 @@ def service(endpoint: str) -> Any:
             built = build_from_document(_document(endpoint), http=RequestsHttp())
             _services[endpoint] = built
         return built
+
+
+def resource(endpoint: str, *path: str) -> Any:
+    """The nested ``Resource`` at ``path`` (e.g. ``"users", "messages"``), built once per instance.
+
+    Each ``users()`` / ``messages()`` call builds a new Resource and every one of its methods from the
+    discovery document: ~4 ms a send, measured, of a warm call's ~10 ms budget. A Resource keeps no
+    per-call state (calls pass their own http), so one per instance serves every call and thread.
+    """
+    key = (endpoint, *path)
+    found = _resources.get(key)
+    if found is None:
+        found = service(endpoint)
+        for name in path:
+            found = getattr(found, name)()
+        with _build_lock:
+            found = _resources.setdefault(key, found)
+    return found
 
 
 class StoreCredentials(google.auth.credentials.Credentials):
@@ -205,6 +224,7 @@ class GmailClient:
     def __init__(self, endpoint: str, credentials: google.auth.credentials.Credentials) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.service = service(self.endpoint)
+        self.messages = resource(self.endpoint, "users", "messages")
         self.transport = RequestsHttp()
         self.http = google_auth_httplib2.AuthorizedHttp(credentials, http=self.transport)
 
@@ -269,17 +289,13 @@ class GmailClient:
         """One page of users.messages.list."""
 
         def make() -> Any:
-            return (
-                self.service.users()
-                .messages()
-                .list(
-                    userId="me",
-                    q=q or None,
-                    labelIds=label_ids or None,
-                    maxResults=max_results,
-                    pageToken=page_token or None,
-                    includeSpamTrash=include_spam_trash,
-                )
+            return self.messages.list(
+                userId="me",
+                q=q or None,
+                labelIds=label_ids or None,
+                maxResults=max_results,
+                pageToken=page_token or None,
+                includeSpamTrash=include_spam_trash,
             )
 
         result = self.execute(make)
@@ -291,15 +307,11 @@ class GmailClient:
         """One users.messages.get."""
 
         def make() -> Any:
-            return (
-                self.service.users()
-                .messages()
-                .get(
-                    userId="me",
-                    id=message_id,
-                    format=fmt,
-                    metadataHeaders=list(headers) if fmt == "metadata" else None,
-                )
+            return self.messages.get(
+                userId="me",
+                id=message_id,
+                format=fmt,
+                metadataHeaders=list(headers) if fmt == "metadata" else None,
             )
 
         result = self.execute(make)
@@ -355,7 +367,7 @@ class GmailClient:
             raise exception
 
         batch = BatchHttpRequest(callback=collect, batch_uri=f"{self.endpoint}/batch/gmail/v1")
-        messages = self.service.users().messages()
+        messages = self.messages
         for message_id in chunk:
             batch.add(
                 messages.get(userId="me", id=message_id, format=fmt, metadataHeaders=headers),
@@ -383,7 +395,7 @@ class GmailClient:
         body: dict[str, Any] = {"threadId": thread_id} if thread_id else {}
 
         def make() -> Any:
-            messages = self.service.users().messages()
+            messages = self.messages
             if len(raw) <= SIMPLE_SEND_MAX_BYTES:
                 return messages.send(
                     userId="me", body={**body, "raw": base64.urlsafe_b64encode(raw).decode()}
