@@ -78,6 +78,7 @@ class Variant:
     launches: list[float] = field(default_factory=list)
     warm: list[float] = field(default_factory=list)
     pss_kib: list[int] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
     hwm_kib: list[int] = field(default_factory=list)
     status: int = 0
 
@@ -121,6 +122,14 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def launch(variant: Variant, env: dict[str, str], warm: int, log: IO[bytes]) -> None:
     """One cold start of ``variant``: launch, first answer, memory, then ``warm`` more answers."""
     port = free_port()
@@ -152,6 +161,7 @@ def launch(variant: Variant, env: dict[str, str], warm: int, log: IO[bytes]) -> 
         variant.status = status
         variant.launches.append(elapsed)
         members = _members(proc.pid)
+        variant.cpu_s.append(sum(_cpu_s(pid) for pid in members))
         variant.pss_kib.append(sum(_pss_kib(pid) for pid in members))
         variant.hwm_kib.append(
             max((_status_kib(pid, "VmHWM") for pid in members if pid != proc.pid), default=0)
@@ -235,7 +245,66 @@ def fakes() -> Iterator[dict[str, Any]]:
         }
         for name in (config.TOKEN_KEY_SECRET, config.TOKEN_KEYS, config.TOKEN_PROVIDER):
             env.pop(name, None)
-        yield {"env": env, "database": database, "gmail": gmail, "secrets": secrets}
+        yield {
+            "env": env,
+            "database": database,
+            "gmail": gmail,
+            "secrets": secrets,
+            "token_endpoint": token_endpoint,
+        }
+
+
+def calls_per_send(world: dict[str, Any], sends: int = 10) -> dict[str, float]:
+    """What one warm send costs in calls, counted in this process through functions-framework:
+    database connections and statements (each statement is one round trip, tests/test_db_statements.py),
+    Gmail requests, token-endpoint requests."""
+    import functions_framework
+
+    from shared import db
+
+    counts = {"connections": 0, "statements": 0}
+    run, connect = db.Connection.run, db.connect
+
+    def counted_run(self: db.Connection, sql: str, **params: Any) -> Any:
+        counts["statements"] += 1
+        return run(self, sql, **params)
+
+    def counted_connect(params: db.ConnectParams) -> Any:
+        counts["connections"] += 1
+        return connect(params)
+
+    env = world["env"]
+    names = (config.DATABASE_URL, config.GMAIL_API_ENDPOINT, "GOOGLE_CLOUD_PROJECT")
+    saved = {name: os.environ.get(name) for name in (*names, config.DB_URL_SECRET)}
+    os.environ.update({name: env[name] for name in names})
+    os.environ.pop(config.DB_URL_SECRET, None)
+    db.Connection.run, db.connect = counted_run, counted_connect  # type: ignore[method-assign]
+    sink = gmail_bench.quiet_logs()  # the request lines go to /dev/null, not the table
+    try:
+        client = functions_framework.create_app(
+            target="send_email", source=str(ROOT / "main.py")
+        ).test_client()
+        assert client.post("/", json=SEND_BODY).status_code == 200  # the first send, not counted
+        gmail, token_endpoint = world["gmail"], world["token_endpoint"]
+        before = (gmail.count(), token_endpoint.count())
+        counts.update(connections=0, statements=0)
+        for _ in range(sends):
+            assert client.post("/", json=SEND_BODY).status_code == 200
+        after = (gmail.count(), token_endpoint.count())
+    finally:
+        db.Connection.run, db.connect = run, connect  # type: ignore[method-assign]
+        sink.close()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return {
+        "connections": counts["connections"] / sends,
+        "statements": counts["statements"] / sends,
+        "gmail": (after[0] - before[0]) / sends,
+        "token_endpoint": (after[1] - before[1]) / sends,
+    }
 
 
 def measure(repeat: int, warm: int, before: str | None, workdir: Path) -> dict[str, Any]:
@@ -251,26 +320,29 @@ def measure(repeat: int, warm: int, before: str | None, workdir: Path) -> dict[s
             progress(f"round {index + 1}/{repeat}: {len(plan)} launches")
             for variant in plan:
                 launch(variant, world["env"], warm, log)
-        gmail_calls = world["gmail"].count()
+        counted = calls_per_send(world)
     return {
         "plan": plan,
         "trivial": trivial,
         "trees": trees,
         "load": (load_at_start, os.getloadavg()),
-        "gmail_requests": gmail_calls,
+        "calls_per_send": counted,
     }
 
 
 def table(result: dict[str, Any]) -> str:
     trivial: Variant = result["trivial"]
     floor, floor_warm = median(trivial.launches), median(trivial.warm)
+    floor_cpu = median(trivial.cpu_s)
     lines = [
         "load        " + " -> ".join(" ".join(f"{v:.2f}" for v in load) for load in result["load"]),
-        f"trivial     cold {floor * 1000:.0f} ms, warm {floor_warm * 1000:.2f} ms, "
+        f"trivial     cold {floor * 1000:.0f} ms (CPU {floor_cpu * 1000:.0f} ms), "
+        f"warm {floor_warm * 1000:.2f} ms, "
         f"instance {median(trivial.pss_kib) / 1024:.1f} MiB (PSS), worker peak "
         f"{median(trivial.hwm_kib) / 1024:.1f} MiB",
         "",
-        f"  {'variant':<42} {'cold':>7} {'ratio':>6} {'goal':>6}  {'warm+':>8}  {'PSS':>8} {'peak':>8}",
+        f"  {'variant':<42} {'cold':>7} {'ratio':>6} {'goal':>6} {'CPU':>6}  {'warm+':>8}  "
+        f"{'PSS':>8} {'peak':>8}",
     ]
     for variant in result["plan"]:
         if variant is trivial:
@@ -281,13 +353,24 @@ def table(result: dict[str, Any]) -> str:
         overhead = (median(variant.warm) - floor_warm) * 1000
         pss, hwm = median(variant.pss_kib) / 1024, median(variant.hwm_kib) / 1024
         status = "" if variant.status == 200 else f"  (first answer {variant.status})"
+        cpu = median(variant.cpu_s) / floor_cpu if floor_cpu else float("nan")
         lines.append(
             f"  {variant.label:<42} {cold * 1000:5.0f}ms {cold / floor:5.2f}x "
-            f"{'<=' + str(goal) if goal else '':>6}  {overhead:6.1f}ms  {pss:5.1f}MiB {hwm:5.1f}MiB{status}"
+            f"{'<=' + str(goal) if goal else '':>6} {cpu:5.2f}x  {overhead:6.1f}ms  {pss:5.1f}MiB "
+            f"{hwm:5.1f}MiB{status}"
         )
+    counted = result["calls_per_send"]
+    lines += [
+        "",
+        "a warm send_email (this tree, counted in process): "
+        f"{counted['connections']:g} database connection, {counted['statements']:g} statements "
+        f"(one round trip each), {counted['gmail']:g} Gmail request, "
+        f"{counted['token_endpoint']:g} token-endpoint requests",
+    ]
     lines += [
         "",
         f"cold = launch to first answer (median of {len(trivial.launches)}), ratio = cold / trivial's cold;",
+        "CPU = user + system CPU of master + worker at the first answer / trivial's (less load-sensitive);",
         f"warm+ = median warm answer minus trivial's (goal <= {GOAL_WARM_MS:.0f} ms for send_email);",
         f"PSS = master + worker after the first answer (goal <= {GOAL_MIB:.0f} MiB); peak = worker VmHWM.",
     ]
@@ -297,11 +380,13 @@ def table(result: dict[str, Any]) -> str:
 def as_json(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "load": result["load"],
+        "calls_per_send": result["calls_per_send"],
         "variants": {
             variant.label: {
                 "launch_s": variant.launches,
                 "warm_median_ms": median(variant.warm) * 1000,
                 "pss_kib": variant.pss_kib,
+                "cpu_s": variant.cpu_s,
                 "worker_hwm_kib": variant.hwm_kib,
                 "first_status": variant.status,
             }
