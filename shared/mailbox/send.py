@@ -71,7 +71,10 @@ def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
         claimed = False
         sent: dict[str, Any] | None = None
         try:
-            with gmail_client(session, args.user_id, args.robeing_id, log) as (client, record):
+            with gmail_client(session, args.user_id, args.robeing_id, log, target="send_email") as (
+                client,
+                record,
+            ):
                 # Without a display name, From is left to Gmail, which sets the mailbox's own address:
                 # no profile lookup (one Gmail round trip) before a first send. A display name needs
                 # the address itself, looked up once per user and instance.
