@@ -136,6 +136,7 @@ def launch(variant: Variant, env: dict[str, str], warm: int, log: IO[bytes]) -> 
     args = [str(BIN / "functions-framework"), "--source", variant.source, "--target", variant.target]
     args += ["--host", "127.0.0.1", "--port", str(port)]
     child_env = {**env, "PYTHONPATH": str(variant.tree)}
+    child_env.pop("PYTHONDONTWRITEBYTECODE", None)  # as deployed: compiled once, then read
     if variant.secret:
         child_env.pop(config.DATABASE_URL, None)
     else:
@@ -180,6 +181,23 @@ def export_tree(revision: str, into: Path) -> Path:
     archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def compile_tree(tree: Path) -> None:
+    """Byte-compiles a tree's own code, so no launch pays for compiling it (and before and after alike).
+
+    An exported tree has no ``__pycache__``, and with ``PYTHONDONTWRITEBYTECODE`` set (as on the machine
+    this ran on) every launch would compile every module of ours again: ~60 ms, measured.
+    """
+    paths = [str(tree / name) for name in ("main.py", "shared", "functions", "bench/trivial.py")]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *[path for path in paths if Path(path).exists()]],
+        cwd=tree,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def variants_for(tree: Path, tag: str) -> list[Variant]:
@@ -320,6 +338,8 @@ def measure(repeat: int, warm: int, before: str | None, workdir: Path) -> dict[s
     trees: list[tuple[Path, str]] = [(ROOT, "after" if before else "")]
     if before:
         trees.insert(0, (export_tree(before, workdir / "before"), "before"))
+    for tree, _ in trees:
+        compile_tree(tree)
     load_at_start = os.getloadavg()
     with fakes() as world, (workdir / "servers.log").open("wb") as log:
         trivial = Variant("trivial", ROOT, "bench/trivial.py", "hello", ("GET", "/", None))
