@@ -24,6 +24,7 @@ figures are medians, because the machine is shared (its load is printed).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import http.client
 import json
@@ -53,11 +54,26 @@ SECRET = "bench-db-url"
 # What each known target is asked first; the issue's send has no from_name (see SEND_WITH_NAME).
 SEND_BODY = {key: value for key, value in gmail_bench.SEND_BODY.items() if key != "from_name"}
 SEND_WITH_NAME = gmail_bench.SEND_BODY
+# gmail_push is a CloudEvent function: Pub/Sub's push of Gmail's notification, in binary content mode.
+_PUSH_DATA = base64.b64encode(json.dumps({"emailAddress": gmail_bench.MAILBOX, "historyId": 1}).encode())
+PUSH_EVENT = {"message": {"data": _PUSH_DATA.decode(), "messageId": "1"}, "subscription": "bench"}
+PUSH_HEADERS = {
+    "ce-id": "bench-1",
+    "ce-source": "//pubsub.googleapis.com/projects/bench-project/topics/gmail",
+    "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+    "ce-specversion": "1.0",
+}
+# Targets whose first answer may be an error (the status is printed): the seeded token is equipped to
+# no robeing (watch_mailbox needs one), the pushed mailbox has no watch, the attachment does not exist.
+ANY_ANSWER = frozenset({"get_attachment", "watch_mailbox", "gmail_push"})
 KNOWN: dict[str, tuple[str, str, dict[str, Any] | None]] = {  # target: (method, path, JSON body)
     "token_status": ("GET", f"/?user_id={USER}", None),
     "send_email": ("POST", "/", SEND_BODY),
     "list_emails": ("GET", f"/?user_id={USER}&max_results=20&label_ids=INBOX", None),
     "refresh_tokens": ("POST", "/", {"user_id": USER}),
+    "list_events": ("GET", "/?robeing_id=bench-robeing", None),
+    "watch_mailbox": ("POST", "/", {"user_id": USER, "robeing_id": "bench-robeing"}),
+    "gmail_push": ("POST", "/", PUSH_EVENT),
 }
 GOAL_COLD = {"token_status": 1.3, "send_email": 1.7, "send_email (DB_URL_SECRET)": 1.7}
 GOAL_WARM_MS = 10.0
@@ -89,6 +105,8 @@ def _ask(port: int, request: tuple[str, str, dict[str, Any] | None]) -> int:
     try:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if body is PUSH_EVENT:
+            headers.update(PUSH_HEADERS)
         connection.request(method, path, payload, headers)
         response = connection.getresponse()
         response.read()
@@ -218,7 +236,7 @@ def variants_for(tree: Path, tag: str) -> list[Variant]:
             continue
         known = KNOWN.get(target)
         request = known or ("POST", "/", {"user_id": USER})
-        strict = known is not None and target != "get_attachment"
+        strict = known is not None and target not in ANY_ANSWER
         out.append(Variant(f"{target}{suffix}", tree, "main.py", target, request, strict=strict))
     return out
 
@@ -266,6 +284,7 @@ def fakes() -> Iterator[dict[str, Any]]:
             config.DB_URL_SECRET: SECRET,
             config.SECRET_MANAGER_ENDPOINT: secrets.url,
             "GOOGLE_CLOUD_PROJECT": PROJECT,
+            config.PUBSUB_TOPIC: f"projects/{PROJECT}/topics/gmail",
             # Cloud Functions' gen2 Python runtime: one gunicorn worker, threads per CPU.
             "WORKERS": "1",
         }
