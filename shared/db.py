@@ -308,11 +308,11 @@ def _execute(raw: pg8000.native.Connection, sql: str, params: dict[str, Any]) ->
     """
     statement, make_values = _statement(sql)
     context = pg_core.Context(statement)
-    raw.send_PARSE(pg_core.NULL_BYTE, statement, ())
-    raw.send_BIND(pg_core.NULL_BYTE, make_params(raw.py_types, make_values(params)))
     sock = raw._sock  # pg8000 has no public batch of messages; its own sends write to this
     if sock is None:
         raise InterfaceError("connection is closed")
+    raw.send_PARSE(pg_core.NULL_BYTE, statement, ())
+    raw.send_BIND(pg_core.NULL_BYTE, make_params(raw.py_types, make_values(params)))
     try:
         sock.write(_DESCRIBE_PORTAL + _EXECUTE_SYNC)
         sock.flush()

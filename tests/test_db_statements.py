@@ -76,3 +76,10 @@ def test_an_error_inside_a_transaction_rolls_it_back(conn):
         conn.run("INSERT INTO u (v) VALUES (:v)", v=1)
         conn.run("INSERT INTO u (v) VALUES (:v)", v=1)
     assert conn.run("SELECT count(*) AS n FROM u WHERE v = :v", v=1) == [{"n": 0}]
+
+
+def test_a_statement_on_a_closed_connection_is_unavailable(conn):
+    conn.close()
+    with pytest.raises(SkillEmailError) as raised:
+        conn.run("SELECT CAST(:v AS TEXT)", v="x")
+    assert raised.value.status == 503
