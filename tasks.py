@@ -62,10 +62,12 @@ def run(args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
-    if command not in ("serve", "test", "check"):
+    if command not in ("serve", "test", "check", "venv"):
         print(__doc__)
         return 0 if command in ("help", "-h", "--help") else 2
     ensure_venv()
+    if command == "venv":
+        return 0
     if command == "serve":
         return run(["-m", "devtools.serve", *argv[1:]])
     if command == "test":

@@ -21,6 +21,11 @@ ROBEING = "robeing"
 SCHEDULER = "scheduler"
 OPERATOR = "operator"
 
+# How a target is triggered when deployed: an HTTP function, or a CloudEvent function subscribed to the
+# Pub/Sub topic Gmail publishes to (deploy.sh gives it --trigger-topic, its own service account, --retry).
+HTTP = "http"
+PUBSUB = "pubsub"
+
 # A send with 24 MiB of attachments is ~32 MiB of base64 plus the JSON around it.
 MAX_SEND_BODY_BYTES = 34 * 1024 * 1024
 
@@ -36,6 +41,14 @@ class Target:
     max_body: int = MAX_BODY_BYTES
     # Who besides the operator may call it (and so gets run.invoker on it when deployed).
     roles: tuple[str, ...] = (ROBEING,)
+    trigger: str = HTTP
+    # Deploy sizes, read by devtools/deploy_plan.py (docs/deploy.md says why each is what it is).
+    memory: str = "1Gi"
+    timeout: str = "60s"
+    # The most requests one instance serves at once; the planner picks between half this and this.
+    max_concurrency: int = 4
+    # Its weight in the split of the database-connection budget among the robeing-facing targets.
+    db_weight: int = 1
 
     @property
     def module(self) -> str:
@@ -50,12 +63,15 @@ TARGETS: tuple[Target, ...] = (
         rt.SendEmailRequest,
         "sends a message from the user's Gmail mailbox",
         max_body=MAX_SEND_BODY_BYTES,
+        timeout="120s",
+        db_weight=2,
     ),
     Target(
         "list_emails",
         ("GET", "POST"),
         rt.ListEmailsRequest,
         "lists / searches the user's messages, with decoded headers and optionally bodies",
+        db_weight=2,
     ),
     Target(
         "refresh_tokens",
@@ -63,12 +79,17 @@ TARGETS: tuple[Target, ...] = (
         rt.RefreshTokensRequest,
         "refreshes one user's token now, or every equipped token close to expiry (Cloud Scheduler)",
         roles=(SCHEDULER,),
+        memory="512Mi",
+        timeout="540s",
+        max_concurrency=1,
     ),
     Target(
         "token_status",
         ("GET", "POST"),
         rt.TokenStatusRequest,
         "tells whether a user has a usable token; never returns token values",
+        memory="512Mi",
+        max_concurrency=8,
     ),
 )
 

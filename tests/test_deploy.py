@@ -1,7 +1,8 @@
 """deploy.sh: the commands its --dry-run prints, and the same run against a stub gcloud.
 
-The script runs from a copy of the source tree in tmp_path (deploy.sh, env.yaml and an empty main.py),
-so the per-function env files it writes never land in the repository.
+The script runs from a copy of the source tree in tmp_path (deploy.sh, env.yaml, an empty main.py, and
+links to shared/ and devtools/ for the planner), so the per-function env files it writes never land in
+the repository. Its interpreter is this test's (PYTHON).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.test_deploy_golden import make_tree
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ("send_email", "list_emails", "refresh_tokens", "token_status")
@@ -33,12 +36,7 @@ CONTROL = re.compile(r"\s*(?:\|\||; then|; else|; fi)\s*")
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    root = tmp_path / "src"
-    root.mkdir()
-    shutil.copy2(REPO / "deploy.sh", root / "deploy.sh")
-    shutil.copy2(REPO / "env.yaml", root / "env.yaml")
-    (root / "main.py").write_text("# stand-in for the real main.py\n")
-    return root
+    return make_tree(tmp_path / "src")
 
 
 def write_exe(path: Path, text: str) -> Path:
@@ -62,6 +60,7 @@ def run_deploy(
 ) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k not in {"GOOGLE_CLOUD_PROJECT", "REGION", "PYTHON"}}
     environ["PATH"] = f"{bindir}{os.pathsep}{environ.get('PATH', '/usr/bin:/bin')}"
+    environ["PYTHON"] = sys.executable
     environ.update(env or {})
     return subprocess.run(
         [str(root / "deploy.sh"), *args],
@@ -383,9 +382,14 @@ elif "versions" in words and "access" in words:
 sys.exit(0)
 """
 
+# The interpreter deploy.sh is given: the planner runs for real, the migration is recorded.
 PYTHON_STUB = """#!/bin/sh
-printf '%s' "$DATABASE_URL" > "$STUB_MIGRATE_SEEN"
-echo "$@" >> "$STUB_MIGRATE_SEEN.args"
+if [ "$1 $2" = "-m shared.cli" ]; then
+    printf '%s' "$DATABASE_URL" > "$STUB_MIGRATE_SEEN"
+    echo "$@" >> "$STUB_MIGRATE_SEEN.args"
+    exit 0
+fi
+exec {python} "$@"
 """
 
 
@@ -394,7 +398,7 @@ def stub_run(tree: Path, tmp_path: Path, state: str, *args: str) -> tuple[subpro
     bindir.mkdir()
     stub = STUB.format(python=sys.executable, url=STUB_URL, service=STUB_SERVICE, secret=SECRET_DB_URL)
     write_exe(bindir / "gcloud", stub)
-    python = write_exe(tmp_path / "python-stub", PYTHON_STUB)
+    python = write_exe(tmp_path / "python-stub", PYTHON_STUB.replace("{python}", sys.executable))
     log = tmp_path / f"gcloud-{state}.log"
     result = run_deploy(
         tree,

@@ -1,0 +1,483 @@
+"""deploy.sh's plan: its options, env.yaml, and the split of the database-connection budget, in Python.
+
+deploy.sh stays a list of gcloud steps; everything it has to decide is decided here, from the one
+registry of targets (``shared.targets``) and ``env.yaml`` read with a real YAML parser, and handed to
+it as tab-separated records on stdout (``var NAME VALUE``, ``api NAME``, ``secret NAME PROJECT``,
+``function NAME ...``, ``invoker NAME MEMBER``). The plan's explanation goes to stderr. It also writes
+the per-function env files, since they are part of the plan.
+
+Invariants: the records hold no secret value (env.yaml may name secrets, never hold them: a URL with a
+password, or a ``DATABASE_URL``, is refused however the YAML spells its key); every instances x
+concurrency pair fits the ``--db-connections`` budget, counted over every registered function even
+with ``--only``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from shared import targets
+
+PROG = "deploy.sh"
+RUNTIME = "python312"
+APIS = (
+    "cloudfunctions.googleapis.com",
+    "run.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "secretmanager.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "gmail.googleapis.com",
+    "iam.googleapis.com",
+)
+# Settings deploy.sh writes into each generated env file itself; env.yaml must leave them out.
+MANAGED_SETTINGS = ("THREADS", "REFRESH_CONCURRENCY")
+# 1 vCPU everywhere: 2nd-gen functions accept a concurrency above 1 only with at least one vCPU, and a
+# whole CPU also shortens the cold start (imports are CPU-bound).
+CPU = "1"
+
+
+class PlanError(Exception):
+    """The options or env.yaml cannot be deployed; the message says why (exit 1)."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, "Usage: " if prefix is None else prefix)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # Like deploy.sh always did: the problem, a blank line, the usage; exit 2.
+        sys.stderr.write(f"{PROG}: {message}\n\n")
+        self.print_help(sys.stderr)
+        raise SystemExit(2)
+
+
+def parser() -> argparse.ArgumentParser:
+    names = [t.name for t in targets.TARGETS]
+    p = _Parser(
+        prog=PROG,
+        formatter_class=_Formatter,
+        description=(
+            f"Deploys {', '.join(names)} as 2nd-gen Cloud Functions\n"
+            "(private: callers need roles/run.invoker), plus the Cloud Scheduler job for refresh_tokens."
+        ),
+    )
+    add = p.add_argument
+    add("--project", metavar="P", help="Google Cloud project (default: $GOOGLE_CLOUD_PROJECT)")
+    add(
+        "--region",
+        metavar="R",
+        help="region of the functions and the scheduler job (default: $REGION, else us-central1)",
+    )
+    add(
+        "--service-account",
+        metavar="NAME",
+        default="skill-email-fn",
+        help="runtime service account of the functions, an account id created if missing, or an existing "
+        "account's e-mail (default: skill-email-fn)",
+    )
+    add("--env-vars-file", metavar="FILE", default="env.yaml", help="non-secret settings (default: env.yaml)")
+    add(
+        "--db-connections",
+        metavar="N",
+        type=int,
+        default=20,
+        help="database connections these functions may hold at once, all together (default: 20)",
+    )
+    add(
+        "--cloudsql-instance",
+        metavar="P:R:I",
+        default="",
+        help="connect the functions to this Cloud SQL instance (unix socket /cloudsql/P:R:I) and grant the "
+        "service account roles/cloudsql.client",
+    )
+    add(
+        "--invoker",
+        metavar="EMAIL",
+        action="append",
+        default=[],
+        help="may call the functions (roles/run.invoker); repeatable. A bare e-mail is a service account; "
+        "user:, group:, serviceAccount: kept as is",
+    )
+    add(
+        "--only", metavar="TARGET", action="append", choices=names, help="deploy only this target; repeatable"
+    )
+    add(
+        "--scheduler-job",
+        metavar="NAME",
+        default="skill-email-refresh-tokens",
+        help="Cloud Scheduler job (default: skill-email-refresh-tokens)",
+    )
+    add(
+        "--scheduler-service-account",
+        metavar="NAME",
+        default="skill-email-scheduler",
+        help="identity the job calls refresh_tokens with (default: skill-email-scheduler)",
+    )
+    add(
+        "--schedule",
+        metavar="CRON",
+        default="*/10 * * * *",
+        help='when the job runs, UTC (default: "*/10 * * * *")',
+    )
+    add("--no-scheduler", action="store_true", help="leave the scheduler job alone")
+    add(
+        "--migrate",
+        action="store_true",
+        help='run "python -m shared.cli migrate" here first, with DATABASE_URL read from the DB_URL_SECRET '
+        "secret (interpreter: $PYTHON, else .venv/bin/python, made by tasks.py when missing)",
+    )
+    add(
+        "--work-dir",
+        metavar="DIR",
+        default=".local/deploy",
+        help="where the per-function env files are written (default: .local/deploy)",
+    )
+    add(
+        "--dry-run",
+        action="store_true",
+        help="print the commands instead of running them (gcloud not needed)",
+    )
+    return p
+
+
+# --- env.yaml ---------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice: the first value would otherwise vanish unchecked."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise PlanError(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+# scheme://user:password@host: a URL holding credentials, whatever setting it hides under.
+_URL_WITH_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """The settings of an ``--env-vars-file``, checked so that no secret or managed setting gets through.
+
+    The file is parsed with PyYAML, as gcloud parses it, so a quoted key (``"DATABASE_URL": ...``), a space
+    before the colon, a flow mapping or a merge key all reach the checks under the name gcloud would use.
+
+    Raises:
+        PlanError: unreadable or not a flat mapping of names to strings; a key given twice; a
+            ``DATABASE_URL`` (under any letter case) or a URL with credentials under any key; a
+            ``DB_URL_SECRET`` that is a URL; a setting deploy.sh writes itself.
+    """
+    name = path.name
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except OSError as exc:
+        raise PlanError(f"no env file '{path}' (see env.yaml)") from exc
+    except PlanError as exc:
+        raise PlanError(f"{name}: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{name} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PlanError(f'{name} must be a mapping of KEY: "value" lines')
+    settings: dict[str, str] = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise PlanError(f"{name}: {key!r} is not an environment variable name")
+        if not isinstance(value, str):
+            raise PlanError(
+                f'{name}: {key} must be a quoted string (KEY: "value"), not {type(value).__name__}'
+            )
+        settings[key] = value
+    for key, value in settings.items():
+        # The URL holds the database password: it belongs in Secret Manager, never in an env file.
+        if key.upper() == "DATABASE_URL" or _URL_WITH_CREDENTIALS.search(value):
+            raise PlanError(
+                f"{name} must name the secret (DB_URL_SECRET: skill-email-db-url), not hold a database URL"
+                f" or any URL with a password (found under {key})"
+            )
+        if key.upper() in MANAGED_SETTINGS:
+            raise PlanError(f"{name} sets {key}: leave it out, {PROG} sets it to each function's concurrency")
+    db_secret = settings.get("DB_URL_SECRET", "")
+    if "://" in db_secret:
+        raise PlanError(
+            f"{name} must name the secret (DB_URL_SECRET: skill-email-db-url), not hold a database URL"
+        )
+    if not db_secret:
+        raise PlanError(f"{name} sets no DB_URL_SECRET")
+    return settings
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A Secret Manager secret named in env.yaml: ``S``, ``projects/P/secrets/S`` or ``.../versions/V``."""
+
+    name: str
+    project: str
+    version: str
+
+
+def split_secret(ref: str, project: str) -> SecretRef:
+    """Parse a secret reference, the project defaulting to the deploy project and the version to latest.
+
+    Raises:
+        PlanError: any other shape.
+    """
+    match = re.fullmatch(r"projects/([^/]+)/secrets/([^/]+)(?:/versions/([^/]+))?", ref)
+    if match:
+        return SecretRef(match[2], match[1], match[3] or "latest")
+    if "/" in ref:
+        raise PlanError(f"secret '{ref}' must be S, projects/P/secrets/S or projects/P/secrets/S/versions/V")
+    return SecretRef(ref, project, "latest")
+
+
+# --- the connection budget --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Size:
+    """How one function is deployed: what an instance may hold and how many of them run."""
+
+    memory: str
+    timeout: str
+    instances: int
+    concurrency: int
+    share: int  # the budget's connections set aside for it
+    used: int  # the connections it can hold at once
+
+
+def refresh_share(budget: int) -> int:
+    """The scheduled-run target's share: a quarter of the budget, at least 2 (a run, a per-user call)."""
+    return max(2, budget // 4)
+
+
+def _shares(budget: int, registered: Sequence[targets.Target]) -> dict[str, int]:
+    share = refresh_share(budget)
+    rest = budget - share
+    weighted = [t for t in registered if not _is_scheduled(t)]
+    total = sum(t.db_weight for t in weighted) or 1
+    shares = {t.name: rest * t.db_weight // total for t in weighted}
+    if weighted:
+        # What the rounding leaves goes to the lightest target (the last of them in the registry).
+        lightest = min(t.db_weight for t in weighted)
+        last = [t for t in weighted if t.db_weight == lightest][-1]
+        shares[last.name] += rest - sum(shares.values())
+    shares.update({t.name: share for t in registered if _is_scheduled(t)})
+    return shares
+
+
+def _is_scheduled(target: targets.Target) -> bool:
+    return targets.SCHEDULER in target.roles
+
+
+def minimum_budget(registered: Sequence[targets.Target]) -> int:
+    """The smallest ``--db-connections`` that gives every registered function at least one connection."""
+    budget = 1
+    while min(_shares(budget, registered).values(), default=1) < 1 or budget < refresh_share(budget) + 1:
+        budget += 1
+    return budget
+
+
+def plan_sizes(budget: int, registered: Sequence[targets.Target]) -> dict[str, Size]:
+    """Cut the budget into instances x concurrency per function, counted over every registered one.
+
+    The scheduled-run target gets :func:`refresh_share` as 2 instances x concurrency 1: the run is one long
+    request whose workers each hold a connection (the share less one), and the connection left serves a
+    per-user refresh on the second instance. Every other share becomes the instances x concurrency pair,
+    concurrency between half the target's ceiling and the ceiling, that uses most of it (ties: fewer
+    instances); a share below half the ceiling becomes 1 instance x share.
+
+    Raises:
+        PlanError: the budget cannot give every function a connection.
+    """
+    need = minimum_budget(registered)
+    if budget < need:
+        raise PlanError(
+            f"--db-connections {budget} is too small: the {len(registered)} functions need at least {need} "
+            f"(refresh_tokens {refresh_share(need)}, one each for the others); raise the database's budget"
+        )
+    sizes = {}
+    for target, share in ((t, _shares(budget, registered)[t.name]) for t in registered):
+        if _is_scheduled(target):
+            instances, concurrency, used = 2, 1, share
+        elif share < (target.max_concurrency + 1) // 2:
+            instances, concurrency = 1, share
+            used = share
+        else:
+            best = (0, 1, 1)
+            for c in range(target.max_concurrency, (target.max_concurrency + 1) // 2 - 1, -1):
+                if share // c * c > best[0]:
+                    best = (share // c * c, share // c, c)
+            used, instances, concurrency = best
+        sizes[target.name] = Size(target.memory, target.timeout, instances, concurrency, share, used)
+    total = sum(s.used for s in sizes.values())
+    if total > budget:  # pragma: no cover - a bug in the arithmetic above, never a user error
+        raise PlanError(f"bug: the plan uses {total} connections, over {budget}")
+    return sizes
+
+
+# --- the plan ---------------------------------------------------------------------------------------
+
+
+def sa_email(name: str, project: str) -> str:
+    """``name`` -> ``name@PROJECT.iam.gserviceaccount.com``; an e-mail is kept."""
+    return name if "@" in name else f"{name}@{project}.iam.gserviceaccount.com"
+
+
+def member(who: str) -> str:
+    """An IAM member: a bare e-mail is a service account; ``user:``, ``group:`` and the like are kept."""
+    return who if ":" in who else f"serviceAccount:{who}"
+
+
+def _env_file_text(
+    source_name: str, source: str, target: targets.Target, size: Size, settings: dict[str, str], project: str
+) -> str:
+    lines = [f'THREADS: "{size.concurrency}"']
+    if _is_scheduled(target):
+        lines.append(f'REFRESH_CONCURRENCY: "{size.share - 1}"')
+    if "GOOGLE_CLOUD_PROJECT" not in settings:
+        lines.append(f'GOOGLE_CLOUD_PROJECT: "{project}"')
+    return (
+        f"# Generated by deploy.sh from {source_name}: do not edit, edit {source_name}.\n"
+        f"{source}\n# Added by deploy.sh for {target.name}:\n" + "".join(f"{line}\n" for line in lines)
+    )
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not args.project:
+        raise _UsageError("no project: pass --project or set GOOGLE_CLOUD_PROJECT")
+    if not re.fullmatch(r"[a-z][-a-z0-9.:]*[a-z0-9]", args.project):
+        raise PlanError(f"--project '{args.project}' is not a project id")
+    if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", args.region):
+        raise PlanError(f"--region '{args.region}' is not a region such as us-central1")
+    if args.db_connections < 0:
+        raise PlanError(f"--db-connections must be a whole number, not '{args.db_connections}'")
+    if args.cloudsql_instance and not re.fullmatch(
+        r"[^:]+(:[^:]+)?:[a-z0-9-]+:[^:]+", args.cloudsql_instance
+    ):
+        raise PlanError(
+            f"--cloudsql-instance must be PROJECT:REGION:INSTANCE, not '{args.cloudsql_instance}'"
+        )
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[str]], list[str]]:
+    """The records for deploy.sh and the lines explaining the plan (for stderr). Writes the env files.
+
+    Raises:
+        PlanError: see :func:`read_env`, :func:`plan_sizes` and the option checks.
+    """
+    args.project = args.project or environ.get("GOOGLE_CLOUD_PROJECT", "")
+    args.region = args.region or environ.get("REGION") or "us-central1"
+    _validate(args)
+    env_path = Path(args.env_vars_file)
+    settings = read_env(env_path)
+    registered = list(targets.TARGETS)
+    sizes = plan_sizes(args.db_connections, registered)
+    deploying = [t for t in registered if not args.only or t.name in args.only]
+
+    explain = [
+        f"{t.name}: {s.memory}, {s.timeout}, max-instances {s.instances} x concurrency {s.concurrency} "
+        f"= {s.used} connections (share {s.share})"
+        for t, s in ((t, sizes[t.name]) for t in registered)
+    ]
+    explain.append(
+        f"database connections: at most {sum(s.used for s in sizes.values())} of {args.db_connections}"
+    )
+
+    sa = sa_email(args.service_account, args.project)
+    scheduler_sa = sa_email(args.scheduler_service_account, args.project)
+    db_secret = split_secret(settings["DB_URL_SECRET"], args.project)
+    scheduled = [t for t in deploying if _is_scheduled(t)]
+    records: list[list[str]] = [
+        ["var", "PROJECT", args.project],
+        ["var", "REGION", args.region],
+        ["var", "RUNTIME", RUNTIME],
+        ["var", "SA_NAME", "" if "@" in args.service_account else args.service_account],
+        ["var", "SA_EMAIL", sa],
+        [
+            "var",
+            "SCHEDULER_SA_NAME",
+            "" if "@" in args.scheduler_service_account else args.scheduler_service_account,
+        ],
+        ["var", "SCHEDULER_SA_EMAIL", scheduler_sa],
+        ["var", "SCHEDULER_JOB", args.scheduler_job],
+        ["var", "SCHEDULE", args.schedule],
+        ["var", "SCHEDULED_TARGET", scheduled[0].name if scheduled and not args.no_scheduler else ""],
+        ["var", "CLOUDSQL_INSTANCE", args.cloudsql_instance],
+        ["var", "MIGRATE", "1" if args.migrate else "0"],
+        ["var", "DRY_RUN", "1" if args.dry_run else "0"],
+        ["var", "DB_SECRET_NAME", db_secret.name],
+        ["var", "DB_SECRET_PROJECT", db_secret.project],
+        ["var", "DB_SECRET_VERSION", db_secret.version],
+    ]
+    records += [["api", api] for api in APIS]
+    if args.cloudsql_instance:
+        records.append(["api", "sqladmin.googleapis.com"])
+    for ref in (settings["DB_URL_SECRET"], settings.get("TOKEN_KEY_SECRET", "")):
+        if ref:
+            secret = split_secret(ref, args.project)
+            records.append(["secret", secret.name, secret.project])
+
+    work_dir = Path(args.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    source = env_path.read_text(encoding="utf-8")
+    for target in deploying:
+        size = sizes[target.name]
+        env_file = work_dir / f"env.{target.name}.yaml"
+        env_file.write_text(
+            _env_file_text(args.env_vars_file, source, target, size, settings, args.project), encoding="utf-8"
+        )
+        numbers = [str(size.instances), str(size.concurrency)]
+        records.append(["function", target.name, size.memory, CPU, size.timeout, *numbers, str(env_file)])
+        records += [["invoker", target.name, member(who)] for who in args.invoker]
+    return records, explain
+
+
+def main(argv: list[str], environ: dict[str, str] | None = None) -> int:
+    """``python -m devtools.deploy_plan [deploy.sh options]``: print the records, explain them on stderr."""
+    environ = dict(os.environ if environ is None else environ)
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        records, explain = build(args, environ)
+    except _UsageError as exc:
+        p.error(str(exc))
+    except PlanError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 1
+    for line in explain:
+        sys.stderr.write(f"{PROG}: {line}\n")
+    for record in records:
+        if any("\t" in field or "\n" in field for field in record):
+            sys.stderr.write(f"{PROG}: error: a tab or newline in {record[1]!r}\n")
+            return 1
+        sys.stdout.write("\t".join(record) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,142 @@
+"""devtools/deploy_plan.py: env.yaml read as YAML (no secret in any spelling), and the connection budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devtools import deploy_plan
+from shared import request_types as rt
+from shared import targets
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = 'DB_URL_SECRET: "skill-email-db-url"\nLOG_LEVEL: "INFO"\n'
+
+
+def env_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "env.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_repository_env_yaml_is_accepted() -> None:
+    settings = deploy_plan.read_env(REPO / "env.yaml")
+    assert settings["DB_URL_SECRET"] == "skill-email-db-url"
+    assert "DATABASE_URL" not in settings
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'DATABASE_URL: "postgresql://u:pw@h/db"\n',
+        '"DATABASE_URL": "postgresql://u:pw@h/db"\n',
+        "'DATABASE_URL' : 'postgresql://u:pw@h/db'\n",
+        "DATABASE_URL   : postgresql://u:pw@h/db\n",
+        "{DB_URL_SECRET: s, DATABASE_URL: 'postgresql://u:pw@h/db'}\n",
+        'database_url: "postgresql://u:pw@h/db"\n',
+        '? DATABASE_URL\n: "postgresql://u:pw@h/db"\n',
+        '<<: {DATABASE_URL: "postgresql://u:pw@h/db"}\n',
+        '"DATABASE\\u005fURL": "postgresql://u:pw@h/db"\n',
+        # The URL under another name is refused just the same.
+        'OTHER_URL: "postgresql://u:pw@h/db"\n',
+        'DB_URL_SECRET: "postgresql://u:pw@h/db"\n',
+    ],
+)
+def test_a_database_url_is_refused_in_every_yaml_spelling(tmp_path: Path, text: str) -> None:
+    path = env_file(tmp_path, text if text.startswith(("DB_URL_SECRET", "{")) else GOOD + text)
+    with pytest.raises(deploy_plan.PlanError, match="database URL") as raised:
+        deploy_plan.read_env(path)
+    assert "pw" not in str(raised.value)
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    # PyYAML keeps the last value: the first would reach gcloud without being checked.
+    path = env_file(tmp_path, 'DATABASE_URL: "postgresql://u:pw@h/db"\n' + GOOD + '"DATABASE_URL": ""\n')
+    with pytest.raises(deploy_plan.PlanError, match="given twice"):
+        deploy_plan.read_env(path)
+
+
+@pytest.mark.parametrize("key", ["THREADS", '"THREADS"', "REFRESH_CONCURRENCY "])
+def test_settings_deploy_writes_itself_are_refused(tmp_path: Path, key: str) -> None:
+    with pytest.raises(deploy_plan.PlanError, match="leave it out"):
+        deploy_plan.read_env(env_file(tmp_path, f'{GOOD}{key}: "4"\n'))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('DB_URL_SECRET: "s"\nMAX: 4\n', "quoted string"),
+        ("- DB_URL_SECRET\n", "mapping"),
+        ('DB_URL_SECRET: "s"\n"BAD NAME": "x"\n', "not an environment variable name"),
+        ('LOG_LEVEL: "INFO"\n', "no DB_URL_SECRET"),
+        ('DB_URL_SECRET: "s\n', "not valid YAML"),
+    ],
+)
+def test_malformed_env_files_are_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(deploy_plan.PlanError, match=message):
+        deploy_plan.read_env(env_file(tmp_path, text))
+
+
+def test_a_url_without_credentials_is_fine(tmp_path: Path) -> None:
+    settings = deploy_plan.read_env(
+        env_file(tmp_path, GOOD + 'GMAIL_API_ENDPOINT: "https://gmail.googleapis.com"\n')
+    )
+    assert settings["GMAIL_API_ENDPOINT"] == "https://gmail.googleapis.com"
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("s", ("s", "proj", "latest")),
+        ("projects/p2/secrets/s", ("s", "p2", "latest")),
+        ("projects/p2/secrets/s/versions/3", ("s", "p2", "3")),
+    ],
+)
+def test_secret_references(ref: str, expected: tuple[str, str, str]) -> None:
+    secret = deploy_plan.split_secret(ref, "proj")
+    assert (secret.name, secret.project, secret.version) == expected
+
+
+def test_a_malformed_secret_reference_is_refused() -> None:
+    with pytest.raises(deploy_plan.PlanError):
+        deploy_plan.split_secret("secrets/s", "proj")
+
+
+# --- the connection budget ----------------------------------------------------------------------------
+
+
+def test_the_default_budget_gives_the_documented_split() -> None:
+    sizes = deploy_plan.plan_sizes(20, targets.TARGETS)
+    got = {name: (s.instances, s.concurrency, s.used) for name, s in sizes.items()}
+    assert got == {
+        "send_email": (2, 3, 6),
+        "list_emails": (2, 3, 6),
+        "refresh_tokens": (2, 1, 5),
+        "token_status": (1, 3, 3),
+    }
+
+
+@pytest.mark.parametrize("budget", range(5, 300, 7))
+def test_every_budget_is_kept(budget: int) -> None:
+    sizes = deploy_plan.plan_sizes(budget, targets.TARGETS)
+    assert sum(s.used for s in sizes.values()) <= budget
+    for name, size in sizes.items():
+        target = targets.get(name)
+        assert size.instances >= 1 and 1 <= size.concurrency <= target.max_concurrency
+        assert size.used >= 1
+
+
+def test_a_budget_below_one_connection_each_is_refused() -> None:
+    assert deploy_plan.minimum_budget(targets.TARGETS) == 5
+    with pytest.raises(deploy_plan.PlanError, match="--db-connections 4 is too small"):
+        deploy_plan.plan_sizes(4, targets.TARGETS)
+
+
+def test_a_registered_target_takes_its_share_of_the_budget() -> None:
+    extra = targets.Target("get_email", ("GET",), rt.TokenStatusRequest, "one message")
+    registry = (*targets.TARGETS, extra)
+    sizes = deploy_plan.plan_sizes(20, registry)
+    assert set(sizes) == {t.name for t in registry}
+    assert sum(s.used for s in sizes.values()) <= 20
+    assert deploy_plan.minimum_budget(registry) > deploy_plan.minimum_budget(targets.TARGETS)
