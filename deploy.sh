@@ -183,12 +183,12 @@ fi
 # match the concurrency, as Google advises for Python, and GOOGLE_CLOUD_PROJECT, which the python312
 # runtime does not set). --env-vars-file replaces all variables, so nothing else sets any.
 for fn in ${FUNCTIONS[@]+"${FUNCTIONS[@]}"}; do
-    IFS=$'\t' read -r t memory cpu timeout instances concurrency env_file <<<"$fn"
+    IFS=$'\t' read -r t memory cpu timeout instances concurrency env_file ingress <<<"$fn"
     log "deploying $t"
     run "${G[@]}" functions deploy "$t" --gen2 --runtime "$RUNTIME" --region "$REGION" --source . \
         --entry-point "$t" --trigger-http --no-allow-unauthenticated --env-vars-file "$env_file" \
         --service-account "$SA_EMAIL" --memory "$memory" --cpu "$cpu" --timeout "$timeout" \
-        --max-instances "$instances" --concurrency "$concurrency"
+        --max-instances "$instances" --concurrency "$concurrency" --ingress-settings "$ingress"
 
     if [ -n "$CLOUDSQL_INSTANCE" ]; then
         # A 2nd-gen function is a Cloud Run service, and "functions deploy" has no Cloud SQL flag:
@@ -209,7 +209,8 @@ for fn in ${FUNCTIONS[@]+"${FUNCTIONS[@]}"}; do
     done
 done
 
-# 7. Cloud Scheduler: POST {} to the scheduled target every few minutes with a Google-signed OIDC token.
+# 7. Cloud Scheduler: POST {} to the scheduled target every few minutes with a Google-signed OIDC token
+# whose audience is the function's cloudfunctions.net URL, one of the CALLER_AUDIENCES it checks.
 if [ -n "$SCHEDULED_TARGET" ]; then
     ensure_sa "$SCHEDULER_SA_NAME" "$SCHEDULER_SA_EMAIL" "skill-email scheduler (calls $SCHEDULED_TARGET)"
     run "${G[@]}" functions add-invoker-policy-binding "$SCHEDULED_TARGET" --region "$REGION" \
@@ -220,7 +221,7 @@ if [ -n "$SCHEDULED_TARGET" ]; then
     # own answer instead of cancelling a run that is still working.
     common=(--location "$REGION" --schedule "$SCHEDULE" --time-zone Etc/UTC --uri "$REFRESH_TOKENS_URL"
         --http-method POST --message-body "{}" --oidc-service-account-email "$SCHEDULER_SA_EMAIL"
-        --oidc-token-audience "$REFRESH_TOKENS_URL" --attempt-deadline 600s
+        --oidc-token-audience "$SCHEDULED_AUDIENCE" --attempt-deadline 600s
         --description "skill-email: refresh Gmail tokens close to expiry")
     # shellcheck disable=SC2034  # the three arrays are read through update_or_create's eval
     job_describe=("${G[@]}" scheduler jobs describe "$SCHEDULER_JOB" --location "$REGION" --format "value(name)")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.test_deploy_golden import make_tree
 
@@ -27,6 +28,7 @@ SA = f"skill-email-fn@{PROJECT}.iam.gserviceaccount.com"
 SCHEDULER_SA = f"skill-email-scheduler@{PROJECT}.iam.gserviceaccount.com"
 INVOKER = f"robeing-api@{PROJECT}.iam.gserviceaccount.com"
 STUB_URL = "https://refresh-tokens-abc123-uc.a.run.app"
+REFRESH_AUDIENCE = f"https://us-central1-{PROJECT}.cloudfunctions.net/refresh_tokens"
 STUB_SERVICE = "refresh-tokens"
 # What the stub's Secret Manager answers: it must reach the migration and never the terminal.
 SECRET_DB_URL = "postgresql://skill:S3cr3t-Passw0rd@/gmail?host=/cloudsql/robeing-prod:us-central1:db"
@@ -282,16 +284,76 @@ def test_database_url_in_env_file_is_refused(tree: Path, poison_bin: Path) -> No
     assert "pw@host" not in result.stdout
 
 
-def test_invokers_bound_on_every_deployed_function(tree: Path, poison_bin: Path) -> None:
-    cmds = commands(
-        dry_run(tree, poison_bin, "--invoker", INVOKER, "--invoker", "group:ops@example.com").stdout
-    )
+OPERATOR = "user:ops-lead@example.com"
+ROBEING_TARGETS = [t for t in TARGETS if t != "refresh_tokens"]
+
+
+def test_invokers_granted_per_function_by_role(tmp_path: Path, tree: Path, poison_bin: Path) -> None:
+    result = dry_run(
+        tree, poison_bin, "--robeing-invoker", INVOKER, "--invoker", "group:robeings@example.com",
+        "--operator", OPERATOR,
+    )  # fmt: skip
+    cmds = commands(result.stdout)
     bindings = find(cmds, "functions", "add-invoker-policy-binding")
     pairs = {(sub(c)[2], flag(c, "--member")) for c in bindings}
-    for name in TARGETS:
-        assert (name, f"serviceAccount:{INVOKER}") in pairs
-        assert (name, "group:ops@example.com") in pairs
+    expected = {(name, OPERATOR) for name in TARGETS}
+    expected |= {
+        (name, who)
+        for name in ROBEING_TARGETS
+        for who in (f"serviceAccount:{INVOKER}", "group:robeings@example.com")
+    }
+    expected.add(("refresh_tokens", f"serviceAccount:{SCHEDULER_SA}"))
+    assert pairs == expected
+    # Robeings never reach refresh_tokens; the scheduler reaches nothing else.
+    assert {who for name, who in pairs if name == "refresh_tokens"} == {
+        OPERATOR,
+        f"serviceAccount:{SCHEDULER_SA}",
+    }
     assert all(flag(c, "--region") == "us-central1" for c in bindings)
+    # The grants are printed per function, in the plan's explanation too.
+    assert f"refresh_tokens: run.invoker for {OPERATOR}" in result.stderr
+
+
+def test_robeings_never_get_refresh_tokens_even_when_deployed_alone(tree: Path, poison_bin: Path) -> None:
+    cmds = commands(dry_run(tree, poison_bin, "--invoker", INVOKER, "--only", "refresh_tokens").stdout)
+    members = [flag(c, "--member") for c in find(cmds, "functions", "add-invoker-policy-binding")]
+    assert members == [f"serviceAccount:{SCHEDULER_SA}"]
+
+
+def test_ingress_is_the_narrowest_that_admits_the_callers(tree: Path, poison_bin: Path) -> None:
+    deployed = deploys(commands(dry_run(tree, poison_bin).stdout))
+    assert {name: flag(argv, "--ingress-settings") for name, argv in deployed.items()} == {
+        "send_email": "all",
+        "list_emails": "all",
+        "token_status": "all",
+        "refresh_tokens": "internal-only",  # only Cloud Scheduler of this project (and operators in its VPC)
+    }
+    deployed = deploys(commands(dry_run(tree, poison_bin, "--ingress", "internal").stdout))
+    assert {flag(argv, "--ingress-settings") for argv in deployed.values()} == {"internal-only"}
+
+
+def test_functions_enforce_callers_with_their_urls_as_audiences(tree: Path, poison_bin: Path) -> None:
+    extra = "https://mail.example.com/send_email"
+    deployed = deploys(
+        commands(dry_run(tree, poison_bin, "--only", "send_email", "--audience", extra).stdout)
+    )
+    env = yaml.safe_load((tree / flag(deployed["send_email"], "--env-vars-file")).read_text())
+    assert env["CALLER_POLICY"] == "enforce"
+    # Every function's URL, even with --only, so a partial deploy never narrows what the others accept.
+    assert env["CALLER_AUDIENCES"].split(",") == [
+        *(f"https://us-central1-{PROJECT}.cloudfunctions.net/{name}" for name in TARGETS),
+        extra,
+    ]
+
+
+@pytest.mark.parametrize("line", ['CALLER_POLICY: "off"', '"CALLER_AUDIENCES" : "https://x"'])
+def test_env_yaml_cannot_loosen_the_caller_check(tree: Path, poison_bin: Path, line: str) -> None:
+    env = tree / "env.yaml"
+    env.write_text(env.read_text() + line + "\n")
+    result = run_deploy(tree, "--dry-run", "--project", PROJECT, bindir=poison_bin)
+    assert result.returncode == 1
+    assert "leave it out" in result.stderr
+    assert result.stdout == ""
 
 
 def test_scheduler_job_calls_refresh_tokens_with_oidc(tree: Path, poison_bin: Path) -> None:
@@ -306,6 +368,7 @@ def test_scheduler_job_calls_refresh_tokens_with_oidc(tree: Path, poison_bin: Pa
     assert [(sub(c)[2], flag(c, "--member")) for c in invoker] == [
         ("refresh_tokens", f"serviceAccount:{SCHEDULER_SA}")
     ]
+    env = yaml.safe_load((tree / ".local/deploy/env.refresh_tokens.yaml").read_text())
     (update,) = find(cmds, "scheduler", "jobs", "update", "http")
     (create,) = find(cmds, "scheduler", "jobs", "create", "http")
     for argv in (update, create):
@@ -314,7 +377,9 @@ def test_scheduler_job_calls_refresh_tokens_with_oidc(tree: Path, poison_bin: Pa
         assert flag(argv, "--http-method") == "POST"
         assert flag(argv, "--message-body") == "{}"
         assert flag(argv, "--uri") == "${REFRESH_TOKENS_URL}"
-        assert flag(argv, "--oidc-token-audience") == flag(argv, "--uri")
+        # The function's cloudfunctions.net URL, which Cloud Run accepts and refresh_tokens checks.
+        assert flag(argv, "--oidc-token-audience") == REFRESH_AUDIENCE
+        assert REFRESH_AUDIENCE in env["CALLER_AUDIENCES"].split(",")
         assert flag(argv, "--oidc-service-account-email") == SCHEDULER_SA
         assert flag(argv, "--location") == "us-central1"
     assert flag(create, "--headers") == "Content-Type=application/json"
@@ -472,7 +537,8 @@ def test_real_run_matches_dry_run_and_chooses_create_or_update(
     update = find(calls, "run", "services", "update")
     assert {sub(c)[3] for c in update} == {STUB_SERVICE}
     scheduled = find(calls, "scheduler", "jobs", "create" if state == "absent" else "update")[0]
-    assert flag(scheduled, "--uri") == STUB_URL == flag(scheduled, "--oidc-token-audience")
+    assert flag(scheduled, "--uri") == STUB_URL
+    assert flag(scheduled, "--oidc-token-audience") == REFRESH_AUDIENCE
 
 
 def test_real_run_migrates_without_printing_the_secret(tree: Path, tmp_path: Path) -> None:

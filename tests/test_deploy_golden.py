@@ -1,15 +1,21 @@
-"""deploy.sh --dry-run prints the same plan as before the plan moved to Python.
+"""deploy.sh --dry-run prints the same plan as before the plan moved to Python, plus the intended changes.
 
 tests/golden/deploy_dry_run.json holds what the old script printed (and the env files it wrote) for the
 configurations tests/test_deploy.py uses, captured before any change (see capture_deploy_dry_run.py).
-Today's output must equal it, apart from the differences listed in INTENDED, each of which a test
-below shows on its own.
+Today's output must equal it once the intended changes, and only those, are undone:
+1. each function is deployed with its ingress (``--ingress-settings``, appended to the deploy line);
+2. robeing identities (``--invoker``) no longer get run.invoker on refresh_tokens;
+3. the scheduler job's ID-token audience is refresh_tokens' cloudfunctions.net URL (one of CALLER_AUDIENCES)
+   instead of the run.app URL read after the deploy;
+4. each env file gains ``CALLER_POLICY: "enforce"`` and ``CALLER_AUDIENCES`` after the old added lines.
+tests/test_deploy.py shows each of them on its own.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,9 +67,50 @@ def dry_run_case(tmp_path: Path, case: dict) -> tuple[str, dict[str, str]]:
     return result.stdout, env_files
 
 
+SCHEDULER_MEMBER = re.compile(r"--member serviceAccount:skill-email-scheduler@")
+INGRESS = re.compile(r" --ingress-settings (?:all|internal-only)$")
+AUDIENCE = re.compile(r"--oidc-token-audience https://[a-z0-9-]+\.cloudfunctions\.net/refresh_tokens ")
+ADDED_SETTINGS = ("CALLER_POLICY", "CALLER_AUDIENCES")
+
+
+def old_lines_still_intended(old: str) -> list[str]:
+    """The old plan less what least privilege removes (change 2)."""
+    return [
+        line
+        for line in old.splitlines()
+        if not ("add-invoker-policy-binding refresh_tokens " in line and not SCHEDULER_MEMBER.search(line))
+    ]
+
+
+def with_intended_changes_undone(new: str) -> list[str]:
+    """Today's plan with changes 1 and 3 undone."""
+    lines = []
+    for line in new.splitlines():
+        if " functions deploy " in line:
+            assert INGRESS.search(line), f"no ingress: {line}"
+            line = INGRESS.sub("", line)
+        if "scheduler jobs " in line and " http " in line:
+            assert len(AUDIENCE.findall(line)) == 2, line  # both branches of the create-or-update
+            line = AUDIENCE.sub('--oidc-token-audience "${REFRESH_TOKENS_URL}" ', line)
+        lines.append(line)
+    return lines
+
+
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_dry_run_prints_the_same_plan_as_before(tmp_path: Path, name: str) -> None:
     case = GOLDEN[name]
     stdout, env_files = dry_run_case(tmp_path, case)
-    assert stdout.splitlines() == case["stdout"].splitlines()
-    assert env_files == case["env_files"]
+    assert with_intended_changes_undone(stdout) == old_lines_still_intended(case["stdout"])
+
+    assert sorted(env_files) == sorted(case["env_files"])
+    for file_name, text in env_files.items():
+        old = case["env_files"][file_name]
+        assert text.startswith(old), file_name
+        added = [line.split(":", 1)[0] for line in text[len(old) :].splitlines()]
+        assert added == list(ADDED_SETTINGS), file_name  # change 4, and nothing else
+
+
+def test_the_intended_changes_do_change_the_plan(tmp_path: Path) -> None:
+    """The comparison above is not vacuous: the old plan had the lines that change 2 removes."""
+    full = GOLDEN["full"]["stdout"]
+    assert len(old_lines_still_intended(full)) == len(full.splitlines()) - 1
