@@ -1,21 +1,18 @@
 #!/usr/bin/env bash
 # Deploys skill-email's targets as 2nd-gen Cloud Functions (Cloud Run functions), with their service
-# account, secret access, optional Cloud SQL connection, invokers and the Cloud Scheduler job that
-# drives refresh_tokens. Every step is create-or-update, so running it again is safe.
-# Operator notes: docs/deploy.md.   Usage: ./deploy.sh --help
+# accounts, secret access, optional Cloud SQL connection, per-function invokers, the Pub/Sub topic of
+# Gmail's notifications, and the Cloud Scheduler job and Cloud Tasks queue of refresh_tokens. Every step
+# is create-or-update, so running it again is safe. Operator notes: docs/deploy.md. Usage: --help
 #
 # This file is the list of gcloud steps. What to deploy and how (the options, env.yaml, the targets of
-# shared/targets.py, the connection budget) is decided by devtools/deploy_plan.py, which hands the
-# steps their values as tab-separated records. Written for bash 3.2 too (macOS): no associative
-# arrays, no mapfile, no ${x,,}.
+# shared/targets.py, the budgets) is decided by devtools/deploy_plan.py, which hands the steps their
+# values as tab-separated records. Written for bash 3.2 too (macOS): no associative arrays, no mapfile.
+# shellcheck disable=SC2034  # the arrays handed to ensure() by name are read through its eval
 set -euo pipefail
 
 PROG="${0##*/}"
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() {
-    printf '%s: error: %s\n' "$PROG" "$*" >&2
-    exit 1
-}
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2 && exit 1; }
 
 # The source tree is this script's directory: "--source ." and the relative paths below mean it.
 cd "$(dirname "$0")"
@@ -23,22 +20,18 @@ cd "$(dirname "$0")"
 
 # The planner's interpreter (and the migration's): $PYTHON, else the project's .venv, which tasks.py
 # creates with PyYAML and the rest of requirements-dev.txt when it is missing (Python 3.11+ needed).
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-    if [ ! -x .venv/bin/python ]; then
-        log "no .venv yet: creating it with python3 tasks.py venv"
-        python3 tasks.py venv >&2 || die "could not create .venv (Python 3.11+ needed): see docs/deploy.md"
-    fi
-    PY=.venv/bin/python
+PY="${PYTHON:-.venv/bin/python}"
+if [ -z "${PYTHON:-}" ] && [ ! -x .venv/bin/python ]; then
+    log "no .venv yet: creating it with python3 tasks.py venv"
+    python3 tasks.py venv >&2 || die "could not create .venv (Python 3.11+ needed): see docs/deploy.md"
 fi
 for arg in "$@"; do
     case "$arg" in -h | --help) exec "$PY" -m devtools.deploy_plan --help ;; esac
 done
 
-# ---------------------------------------------------------------------------------------------------
 # The plan: "var NAME VALUE" sets a shell variable; other records are read by the steps below.
 PLAN="$("$PY" -m devtools.deploy_plan "$@")" || exit $?
-FUNCTIONS=() INVOKERS=() SECRETS=() APIS=()
+FUNCTIONS=() INVOKERS=() SECRETS=() APIS=() ACCOUNTS=() SQL_MEMBERS=()
 while IFS= read -r record; do
     IFS=$'\t' read -r kind rest <<<"$record"
     case "$kind" in
@@ -48,14 +41,15 @@ while IFS= read -r record; do
             printf -v "$name" '%s' "$value"
             ;;
         api) APIS+=("$rest") ;;
+        sa) ACCOUNTS+=("$rest") ;;
         secret) SECRETS+=("$rest") ;;
+        sql) SQL_MEMBERS+=("$rest") ;;
         function) FUNCTIONS+=("$rest") ;;
         invoker) INVOKERS+=("$rest") ;;
         *) die "bad plan record: $record" ;;
     esac
 done <<<"$PLAN"
 
-# ---------------------------------------------------------------------------------------------------
 # Running. In --dry-run each command is printed to stdout, quoted with printf %q so the output is a
 # script that can be copy-pasted; @@NAME@@ in an argument is printed as "${NAME}", a shell variable
 # that an earlier printed line sets from gcloud's answer.
@@ -67,45 +61,26 @@ quote() {
 }
 
 run() {
-    if [ "$DRY_RUN" -eq 1 ]; then
-        printf '%s\n' "$(quote "$@")"
-    else
-        log "+ $(quote "$@")"
-        "$@"
-    fi
+    if [ "$DRY_RUN" -eq 1 ]; then printf '%s\n' "$(quote "$@")"; else log "+ $(quote "$@")" && "$@"; fi
 }
 
-# exists DESCRIBE... -- whether a describe command succeeds (its output is dropped).
-exists() { "$@" >/dev/null 2>&1; }
-
-# create_unless_exists [DESCRIBE...] [CREATE...]: both given as arrays by name.
-create_unless_exists() {
-    local -a describe create
-    eval "describe=(\"\${$1[@]}\")"
-    eval "create=(\"\${$2[@]}\")"
-    if [ "$DRY_RUN" -eq 1 ]; then
-        printf '%s || %s\n' "$(quote "${describe[@]}")" "$(quote "${create[@]}")"
-    elif exists "${describe[@]}"; then
-        log "exists: $(quote "${describe[@]:0:5}")"
+# ensure DESCRIBE UPDATE CREATE: three commands given as arrays by name (not d, u or c, the locals
+# here). Runs UPDATE if DESCRIBE succeeds, else CREATE; an UPDATE of "" keeps what exists.
+ensure() {
+    local -a d u=() c
+    eval "d=(\"\${$1[@]}\")"
+    [ -z "$2" ] || eval "u=(\"\${$2[@]}\")"
+    eval "c=(\"\${$3[@]}\")"
+    if [ "$DRY_RUN" -eq 1 ] && [ -z "$2" ]; then
+        printf '%s || %s\n' "$(quote "${d[@]}")" "$(quote "${c[@]}")"
+    elif [ "$DRY_RUN" -eq 1 ]; then
+        printf 'if %s; then %s; else %s; fi\n' "$(quote "${d[@]}")" "$(quote "${u[@]}")" "$(quote "${c[@]}")"
+    elif ! "${d[@]}" >/dev/null 2>&1; then
+        run "${c[@]}"
+    elif [ -n "$2" ]; then
+        run "${u[@]}"
     else
-        run "${create[@]}"
-    fi
-}
-
-# update_or_create [DESCRIBE...] [UPDATE...] [CREATE...]: arrays by name (not describe, update or
-# create, which name the locals here), like create_unless_exists.
-update_or_create() {
-    local -a describe update create
-    eval "describe=(\"\${$1[@]}\")"
-    eval "update=(\"\${$2[@]}\")"
-    eval "create=(\"\${$3[@]}\")"
-    if [ "$DRY_RUN" -eq 1 ]; then
-        printf 'if %s; then %s; else %s; fi\n' "$(quote "${describe[@]}")" "$(quote "${update[@]}")" \
-            "$(quote "${create[@]}")"
-    elif exists "${describe[@]}"; then
-        run "${update[@]}"
-    else
-        run "${create[@]}"
+        log "exists: $(quote "${d[@]:0:5}")"
     fi
 }
 
@@ -128,39 +103,38 @@ capture() {
 
 G=(gcloud --project "$PROJECT" --quiet)
 
-# ---------------------------------------------------------------------------------------------------
 # 1. APIs
 log "enabling APIs"
 run "${G[@]}" services enable "${APIS[@]}"
 
-# 2. Runtime service account (and, in step 7, the scheduler's). An empty NAME: an existing account.
+# 2. Runtime service accounts (and, in step 7, the scheduler's). NAME empty or -: an existing account.
 ensure_sa() {
     local name="$1" email="$2" display="$3"
-    if [ -z "$name" ]; then
+    if [ -z "$name" ] || [ "$name" = - ]; then
         log "using the existing service account $email"
         return
     fi
-    # shellcheck disable=SC2034  # read through create_unless_exists's eval
-    local -a d=("${G[@]}" iam service-accounts describe "$email" --format "value(email)")
-    # shellcheck disable=SC2034  # likewise
-    local -a c=("${G[@]}" iam service-accounts create "$name" --display-name "$display")
-    create_unless_exists d c
+    local -a sa_d=("${G[@]}" iam service-accounts describe "$email" --format "value(email)")
+    local -a sa_c=("${G[@]}" iam service-accounts create "$name" --display-name "$display")
+    ensure sa_d "" sa_c
 }
-ensure_sa "$SA_NAME" "$SA_EMAIL" "skill-email functions"
+for account in "${ACCOUNTS[@]}"; do
+    IFS=$'\t' read -r a_name a_email a_display <<<"$account"
+    ensure_sa "$a_name" "$a_email" "$a_display"
+done
 
 # 3. Secret access: the one DB URL secret (and the token key secret when set), never project-wide.
 for secret in ${SECRETS[@]+"${SECRETS[@]}"}; do
-    IFS=$'\t' read -r s_name s_project <<<"$secret"
+    IFS=$'\t' read -r s_name s_project s_member <<<"$secret"
     run gcloud --project "$s_project" --quiet secrets add-iam-policy-binding "$s_name" \
-        --member "serviceAccount:$SA_EMAIL" --role roles/secretmanager.secretAccessor --condition None
+        --member "$s_member" --role roles/secretmanager.secretAccessor --condition None
 done
 
 # 4. Cloud SQL: roles/cloudsql.client can only be granted on the instance's project.
-if [ -n "$CLOUDSQL_INSTANCE" ]; then
+for sql_member in ${SQL_MEMBERS[@]+"${SQL_MEMBERS[@]}"}; do
     run gcloud --project "${CLOUDSQL_INSTANCE%:*:*}" --quiet projects add-iam-policy-binding \
-        "${CLOUDSQL_INSTANCE%:*:*}" --member "serviceAccount:$SA_EMAIL" --role roles/cloudsql.client \
-        --condition None
-fi
+        "${CLOUDSQL_INSTANCE%:*:*}" --member "$sql_member" --role roles/cloudsql.client --condition None
+done
 
 # 5. Migrations, before new code runs against the schema. The URL goes to the child's environment
 # only; it is never printed (not even with --dry-run, which prints the command that fetches it).
@@ -179,22 +153,55 @@ if [ "$MIGRATE" -eq 1 ]; then
     fi
 fi
 
-# 6. The functions, each with its generated env file (env.yaml plus what the plan adds: THREADS to
-# match the concurrency, as Google advises for Python, and GOOGLE_CLOUD_PROJECT, which the python312
-# runtime does not set). --env-vars-file replaces all variables, so nothing else sets any.
+# 6. Gmail's topic (once a Pub/Sub target is registered): Gmail's own account may publish to it, and
+# what the function fails on too often goes to a dead-letter topic, kept 7 days by its subscription.
+if [ -n "$TOPIC" ]; then
+    capture PROJECT_NUMBER "${G[@]}" projects describe "$PROJECT" --format "value(projectNumber)"
+    PUBSUB_AGENT="serviceAccount:service-$PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
+    for topic in "$TOPIC" "$DEAD_LETTER_TOPIC"; do
+        t_d=("${G[@]}" pubsub topics describe "$topic" --format "value(name)")
+        t_c=("${G[@]}" pubsub topics create "$topic")
+        ensure t_d "" t_c
+    done
+    run "${G[@]}" pubsub topics add-iam-policy-binding "$TOPIC" \
+        --member serviceAccount:gmail-api-push@system.gserviceaccount.com --role roles/pubsub.publisher
+    s_d=("${G[@]}" pubsub subscriptions describe "$DEAD_LETTER_TOPIC" --format "value(name)")
+    s_c=("${G[@]}" pubsub subscriptions create "$DEAD_LETTER_TOPIC" --topic "$DEAD_LETTER_TOPIC"
+        --message-retention-duration 7d)
+    ensure s_d "" s_c
+    run "${G[@]}" pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --member "$PUBSUB_AGENT" \
+        --role roles/pubsub.publisher
+fi
+
+# 7. The functions, each with its generated env file: env.yaml plus what the plan adds (docs/deploy.md).
+# --env-vars-file replaces all variables, so nothing else sets any.
 for fn in ${FUNCTIONS[@]+"${FUNCTIONS[@]}"}; do
-    IFS=$'\t' read -r t memory cpu timeout instances concurrency env_file ingress <<<"$fn"
+    IFS=$'\t' read -r t trigger sa memory cpu timeout instances concurrency env_file ingress <<<"$fn"
+    # A Pub/Sub target: Eventarc pushes the topic's messages as its own account, redelivering on failure.
+    trigger_flags=(--trigger-http --no-allow-unauthenticated)
+    [ "$trigger" = http ] || trigger_flags=(--trigger-topic "$TOPIC" --trigger-service-account "$sa" --retry)
     log "deploying $t"
     run "${G[@]}" functions deploy "$t" --gen2 --runtime "$RUNTIME" --region "$REGION" --source . \
-        --entry-point "$t" --trigger-http --no-allow-unauthenticated --env-vars-file "$env_file" \
-        --service-account "$SA_EMAIL" --memory "$memory" --cpu "$cpu" --timeout "$timeout" \
+        --entry-point "$t" "${trigger_flags[@]}" --env-vars-file "$env_file" \
+        --service-account "$sa" --memory "$memory" --cpu "$cpu" --timeout "$timeout" \
         --max-instances "$instances" --concurrency "$concurrency" --ingress-settings "$ingress"
 
+    if [ "$trigger" = pubsub ]; then
+        # The trigger's subscription (made by Eventarc) gets the dead-letter topic; Pub/Sub's own agent
+        # must be able to take messages from it and publish them there.
+        capture EVENT_TRIGGER "${G[@]}" functions describe "$t" --gen2 --region "$REGION" \
+            --format "value(eventTrigger.trigger)"
+        capture SUBSCRIPTION "${G[@]}" eventarc triggers describe "$EVENT_TRIGGER" --location "$REGION" \
+            --format "value(transport.pubsub.subscription)"
+        run "${G[@]}" pubsub subscriptions update "$SUBSCRIPTION" --dead-letter-topic "$DEAD_LETTER_TOPIC" \
+            --max-delivery-attempts "$MAX_DELIVERY_ATTEMPTS"
+        run "${G[@]}" pubsub subscriptions add-iam-policy-binding "$SUBSCRIPTION" --member "$PUBSUB_AGENT" \
+            --role roles/pubsub.subscriber
+    fi
+
     if [ -n "$CLOUDSQL_INSTANCE" ]; then
-        # A 2nd-gen function is a Cloud Run service, and "functions deploy" has no Cloud SQL flag:
-        # the connection (the /cloudsql/INSTANCE unix socket) is set on that service. Re-applied after
-        # every deploy because a deploy may reset settings made on the service directly; "add" keeps
-        # connections someone else configured.
+        # "functions deploy" has no Cloud SQL flag: the socket is set on the function's Cloud Run service,
+        # after every deploy (which may reset it); "add" keeps connections someone else configured.
         capture SERVICE "${G[@]}" functions describe "$t" --gen2 --region "$REGION" \
             --format "value(serviceConfig.service.basename())"
         run "${G[@]}" run services update "$SERVICE" --region "$REGION" \
@@ -209,7 +216,7 @@ for fn in ${FUNCTIONS[@]+"${FUNCTIONS[@]}"}; do
     done
 done
 
-# 7. Cloud Scheduler: POST {} to the scheduled target every few minutes with a Google-signed OIDC token
+# 8. Cloud Scheduler: POST {} to the scheduled target every few minutes with a Google-signed OIDC token
 # whose audience is the function's cloudfunctions.net URL, one of the CALLER_AUDIENCES it checks.
 if [ -n "$SCHEDULED_TARGET" ]; then
     ensure_sa "$SCHEDULER_SA_NAME" "$SCHEDULER_SA_EMAIL" "skill-email scheduler (calls $SCHEDULED_TARGET)"
@@ -223,15 +230,20 @@ if [ -n "$SCHEDULED_TARGET" ]; then
         --http-method POST --message-body "{}" --oidc-service-account-email "$SCHEDULER_SA_EMAIL"
         --oidc-token-audience "$SCHEDULED_AUDIENCE" --attempt-deadline 600s
         --description "skill-email: refresh Gmail tokens close to expiry")
-    # shellcheck disable=SC2034  # the three arrays are read through update_or_create's eval
-    job_describe=("${G[@]}" scheduler jobs describe "$SCHEDULER_JOB" --location "$REGION" --format "value(name)")
-    # shellcheck disable=SC2034  # likewise
-    job_update=("${G[@]}" scheduler jobs update http "$SCHEDULER_JOB" "${common[@]}"
+    job_d=("${G[@]}" scheduler jobs describe "$SCHEDULER_JOB" --location "$REGION" --format "value(name)")
+    job_u=("${G[@]}" scheduler jobs update http "$SCHEDULER_JOB" "${common[@]}"
         --update-headers Content-Type=application/json)
-    # shellcheck disable=SC2034  # likewise
-    job_create=("${G[@]}" scheduler jobs create http "$SCHEDULER_JOB" "${common[@]}"
+    job_c=("${G[@]}" scheduler jobs create http "$SCHEDULER_JOB" "${common[@]}"
         --headers Content-Type=application/json)
-    update_or_create job_describe job_update job_create
+    ensure job_d job_u job_c
+
+    # The queue the scheduled run fans out over, its rates from the plan (docs/deploy.md).
+    limits=(--location "$REGION" --max-dispatches-per-second "$QUEUE_RATE"
+        --max-concurrent-dispatches "$QUEUE_CONCURRENT" --max-attempts 5 --min-backoff 10s --max-backoff 300s)
+    q_d=("${G[@]}" tasks queues describe "$QUEUE" --location "$REGION" --format "value(name)")
+    q_u=("${G[@]}" tasks queues update "$QUEUE" "${limits[@]}")
+    q_c=("${G[@]}" tasks queues create "$QUEUE" "${limits[@]}")
+    ensure q_d q_u q_c
 fi
 
 if [ "$DRY_RUN" -eq 1 ]; then log "dry run: nothing was changed"; else log "done"; fi

@@ -2,9 +2,10 @@
 
 deploy.sh stays a list of gcloud steps; everything it has to decide is decided here, from the one
 registry of targets (``shared.targets``) and ``env.yaml`` read with a real YAML parser, and handed to
-it as tab-separated records on stdout (``var NAME VALUE``, ``api NAME``, ``secret NAME PROJECT``,
-``function NAME ...``, ``invoker NAME MEMBER``). The plan's explanation goes to stderr. It also writes
-the per-function env files, since they are part of the plan.
+it as tab-separated records on stdout (``var NAME VALUE``, ``api NAME``, ``sa ID EMAIL DISPLAY``,
+``secret NAME PROJECT MEMBER``, ``sql MEMBER``, ``function NAME TRIGGER ...``, ``invoker NAME
+MEMBER``). The plan's explanation goes to stderr. It also writes the per-function env files, since they
+are part of the plan.
 
 Invariants: the records hold no secret value (env.yaml may name secrets, never hold them: a URL with a
 password, or a ``DATABASE_URL``, is refused however the YAML spells its key); every instances x
@@ -50,6 +51,15 @@ MANAGED_SETTINGS = ("THREADS", "REFRESH_CONCURRENCY", "CALLER_POLICY", "CALLER_A
 # (the scheduled run, Pub/Sub pushes) are "internal-only", whatever --ingress says.
 INGRESS = {"all": "all", "internal": "internal-only"}
 INTERNAL = "internal-only"
+# Gmail publishes notifications as this account (https://developers.google.com/gmail/api/guides/push).
+GMAIL_PUSH_PUBLISHER = "serviceAccount:gmail-api-push@system.gserviceaccount.com"
+# Deliveries of one notification before Pub/Sub moves it to the dead-letter topic (Pub/Sub allows 5-100):
+# enough to ride out a database restart with --retry's backoff, few enough that a poison message stops.
+MAX_DELIVERY_ATTEMPTS = 10
+# The scheduled run's fan-out (issue 13): each task refreshes one slice of at most this many tokens with
+# the run's REFRESH_CONCURRENCY workers. At ~0.2 s a refresh (token endpoint and one UPDATE) 4 workers
+# finish a slice in ~5 s, far inside refresh_tokens' 540 s timeout, so a retried slice repeats little.
+SLICE_TOKENS = 100
 # 1 vCPU everywhere: 2nd-gen functions accept a concurrency above 1 only with at least one vCPU, and a
 # whole CPU also shortens the cold start (imports are CPU-bound).
 CPU = "1"
@@ -167,6 +177,32 @@ def parser() -> argparse.ArgumentParser:
         help='when the job runs, UTC (default: "*/10 * * * *")',
     )
     add("--no-scheduler", action="store_true", help="leave the scheduler job alone")
+    add(
+        "--tasks-queue",
+        metavar="NAME",
+        default="skill-email-refresh",
+        help="Cloud Tasks queue the scheduled run fans out over (default: skill-email-refresh)",
+    )
+    add(
+        "--token-endpoint-rate",
+        metavar="N",
+        type=int,
+        default=10,
+        help="refreshes a second the fan-out may ask of Google's token endpoint (default: 10)",
+    )
+    add(
+        "--pubsub-topic",
+        metavar="NAME",
+        default="skill-email-gmail-push",
+        help="topic Gmail publishes new-mail notifications to, once a Pub/Sub target is registered "
+        "(default: skill-email-gmail-push; its dead letters go to NAME-dead-letter)",
+    )
+    add(
+        "--push-service-account",
+        metavar="NAME",
+        default="skill-email-push",
+        help="runtime and trigger identity of the Pub/Sub-triggered functions (default: skill-email-push)",
+    )
     add(
         "--migrate",
         action="store_true",
@@ -392,7 +428,9 @@ def function_url(target: targets.Target, project: str, region: str) -> str:
 
 def ingress(target: targets.Target, choice: str) -> str:
     """The narrowest ingress that still admits the target's callers (see INGRESS)."""
-    return INGRESS[choice] if targets.ROBEING in target.roles else INTERNAL
+    if target.trigger != targets.HTTP or targets.ROBEING not in target.roles:
+        return INTERNAL
+    return INGRESS[choice]
 
 
 def grants(target: targets.Target, robeings: Sequence[str], operators: Sequence[str]) -> list[str]:
@@ -403,6 +441,25 @@ def grants(target: targets.Target, robeings: Sequence[str], operators: Sequence[
     """
     callers = [*robeings] if targets.ROBEING in target.roles and target.trigger == targets.HTTP else []
     return [member(who) for who in dict.fromkeys([*callers, *operators])]
+
+
+@dataclass(frozen=True)
+class Queue:
+    """The Cloud Tasks queue's limits, from the budgets of the token endpoint and the database."""
+
+    max_dispatches_per_second: float
+    max_concurrent_dispatches: int
+
+
+def queue_limits(refresh: Size, token_endpoint_rate: int) -> Queue:
+    """Limits for the fan-out over refresh_tokens.
+
+    A slice in flight holds one refresh_tokens instance and its workers' connections (the share less one),
+    so one slice at a time per instance the scheduled run leaves free keeps the database within the
+    share; slices start no faster than the token-endpoint budget refreshes their tokens.
+    """
+    concurrent = max(1, refresh.instances - 1)
+    return Queue(round(max(token_endpoint_rate, 1) / SLICE_TOKENS, 3), concurrent)
 
 
 def _env_file_text(
@@ -464,29 +521,34 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
     )
 
     sa = sa_email(args.service_account, args.project)
+    push_sa = sa_email(args.push_service_account, args.project)
     scheduler_sa = sa_email(args.scheduler_service_account, args.project)
     db_secret = split_secret(settings["DB_URL_SECRET"], args.project)
-    scheduled = [t for t in deploying if _is_scheduled(t)]
+    scheduled = [t for t in deploying if _is_scheduled(t)] if not args.no_scheduler else []
+    # Pub/Sub steps exist only once a Pub/Sub-triggered target is registered (gmail_push).
+    topic = args.pubsub_topic if any(t.trigger == targets.PUBSUB for t in registered) else ""
+    pushing = [t for t in deploying if t.trigger == targets.PUBSUB]
+    queue = queue_limits(sizes[scheduled[0].name], args.token_endpoint_rate) if scheduled else None
     records: list[list[str]] = [
         ["var", "PROJECT", args.project],
         ["var", "REGION", args.region],
         ["var", "RUNTIME", RUNTIME],
-        ["var", "SA_NAME", "" if "@" in args.service_account else args.service_account],
-        ["var", "SA_EMAIL", sa],
-        [
-            "var",
-            "SCHEDULER_SA_NAME",
-            "" if "@" in args.scheduler_service_account else args.scheduler_service_account,
-        ],
+        ["var", "SCHEDULER_SA_NAME", _account_id(args.scheduler_service_account)],
         ["var", "SCHEDULER_SA_EMAIL", scheduler_sa],
         ["var", "SCHEDULER_JOB", args.scheduler_job],
         ["var", "SCHEDULE", args.schedule],
-        ["var", "SCHEDULED_TARGET", scheduled[0].name if scheduled and not args.no_scheduler else ""],
+        ["var", "SCHEDULED_TARGET", scheduled[0].name if scheduled else ""],
         [
             "var",
             "SCHEDULED_AUDIENCE",
             function_url(scheduled[0], args.project, args.region) if scheduled else "",
         ],
+        ["var", "QUEUE", args.tasks_queue if queue else ""],
+        ["var", "QUEUE_RATE", f"{queue.max_dispatches_per_second:g}" if queue else ""],
+        ["var", "QUEUE_CONCURRENT", str(queue.max_concurrent_dispatches) if queue else ""],
+        ["var", "TOPIC", topic],
+        ["var", "DEAD_LETTER_TOPIC", f"{topic}-dead-letter" if topic else ""],
+        ["var", "MAX_DELIVERY_ATTEMPTS", str(MAX_DELIVERY_ATTEMPTS)],
         ["var", "CLOUDSQL_INSTANCE", args.cloudsql_instance],
         ["var", "MIGRATE", "1" if args.migrate else "0"],
         ["var", "DRY_RUN", "1" if args.dry_run else "0"],
@@ -497,10 +559,26 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
     records += [["api", api] for api in APIS]
     if args.cloudsql_instance:
         records.append(["api", "sqladmin.googleapis.com"])
+    if queue:
+        records.append(["api", "cloudtasks.googleapis.com"])
+    if topic:
+        records += [["api", "pubsub.googleapis.com"], ["api", "eventarc.googleapis.com"]]
+
+    # The runtime accounts: the functions', and the Pub/Sub targets' own one, each with the secrets.
+    accounts = [(args.service_account, sa, "skill-email functions")]
+    if pushing:
+        accounts.append(
+            (args.push_service_account, push_sa, "skill-email push (runs and triggers gmail_push)")
+        )
+    records += [["sa", _account_id(name) or "-", email, display] for name, email, display in accounts]
     for ref in (settings["DB_URL_SECRET"], settings.get("TOKEN_KEY_SECRET", "")):
         if ref:
             secret = split_secret(ref, args.project)
-            records.append(["secret", secret.name, secret.project])
+            records += [
+                ["secret", secret.name, secret.project, f"serviceAccount:{e}"] for _, e, _ in accounts
+            ]
+    if args.cloudsql_instance:
+        records += [["sql", f"serviceAccount:{email}"] for _, email, _ in accounts]
 
     # Every function checks callers (CONTRACT.md, Callers); an ID token's audience must be one of the
     # functions' URLs (all of them, so a partial --only deploy does not narrow the others' list).
@@ -508,6 +586,9 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
     added["CALLER_POLICY"] = "enforce"
     urls = [function_url(t, args.project, args.region) for t in registered if t.trigger == targets.HTTP]
     added["CALLER_AUDIENCES"] = ",".join(dict.fromkeys([*urls, *args.audiences]))
+    if topic:
+        # watch_mailbox asks Gmail to publish here; one setting for every function, like env.yaml's.
+        added["PUBSUB_TOPIC"] = f"projects/{args.project}/topics/{topic}"
 
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -516,13 +597,42 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
         size = sizes[target.name]
         env_file = work_dir / f"env.{target.name}.yaml"
         env_file.write_text(_env_file_text(args.env_vars_file, source, target, size, added), encoding="utf-8")
+        runs_as = push_sa if target.trigger == targets.PUBSUB else sa
         numbers = [str(size.instances), str(size.concurrency)]
         where = [str(env_file), ingress(target, args.ingress)]
-        records.append(["function", target.name, size.memory, CPU, size.timeout, *numbers, *where])
+        records.append(
+            [
+                "function",
+                target.name,
+                target.trigger,
+                runs_as,
+                size.memory,
+                CPU,
+                size.timeout,
+                *numbers,
+                *where,
+            ]
+        )
         invokers = grants(target, args.robeing_invokers, args.operators)
+        if target.trigger == targets.PUBSUB:
+            # Eventarc pushes the topic's messages with the trigger's identity, which must be an invoker.
+            invokers.insert(0, f"serviceAccount:{push_sa}")
         records += [["invoker", target.name, who] for who in invokers]
         explain.append(f"{target.name}: run.invoker for {', '.join(invokers) or 'nobody yet'}")
+    if queue:
+        workers = sizes[scheduled[0].name].share - 1
+        explain.append(
+            f"tasks queue {args.tasks_queue}: {queue.max_dispatches_per_second:g} slices/s"
+            f" of {SLICE_TOKENS} tokens"
+            f" (<= {args.token_endpoint_rate} token refreshes/s), {queue.max_concurrent_dispatches} at once"
+            f" (<= {queue.max_concurrent_dispatches * workers} database connections)"
+        )
     return records, explain
+
+
+def _account_id(name: str) -> str:
+    """The account id deploy.sh creates when missing; empty for an existing account's e-mail."""
+    return "" if "@" in name else name
 
 
 def main(argv: list[str], environ: dict[str, str] | None = None) -> int:

@@ -388,9 +388,112 @@ def test_scheduler_job_calls_refresh_tokens_with_oidc(tree: Path, poison_bin: Pa
 
 def test_no_scheduler_without_refresh_tokens(tree: Path, poison_bin: Path) -> None:
     cmds = commands(dry_run(tree, poison_bin, "--only", "send_email").stdout)
-    assert find(cmds, "scheduler") == []
+    assert find(cmds, "scheduler") == find(cmds, "tasks") == []
     cmds = commands(dry_run(tree, poison_bin, "--no-scheduler").stdout)
-    assert find(cmds, "scheduler") == []
+    assert find(cmds, "scheduler") == find(cmds, "tasks") == []
+
+
+@pytest.mark.parametrize(("rate", "per_second"), [(None, "0.1"), ("50", "0.5"), ("1", "0.01")])
+def test_tasks_queue_rate_keeps_the_token_endpoint_and_database_in_budget(
+    tree: Path, poison_bin: Path, rate: str | None, per_second: str
+) -> None:
+    result = dry_run(tree, poison_bin, *(["--token-endpoint-rate", rate] if rate else []))
+    cmds = commands(result.stdout)
+    assert "cloudtasks.googleapis.com" in cmds[0]
+    (update,) = find(cmds, "tasks", "queues", "update")
+    (create,) = find(cmds, "tasks", "queues", "create")
+    for argv in (update, create):
+        assert sub(argv)[3] == "skill-email-refresh"
+        assert flag(argv, "--location") == "us-central1"
+        # Slices of 100 tokens: the token endpoint sees at most `rate` refreshes a second.
+        assert flag(argv, "--max-dispatches-per-second") == per_second
+        # One slice at a time: its 4 workers' connections are refresh_tokens' share less the one a
+        # per-user refresh keeps (the default budget of 20 gives refresh_tokens 5).
+        assert flag(argv, "--max-concurrent-dispatches") == "1"
+    assert "tasks queue skill-email-refresh" in result.stderr
+    assert "<= 4 database connections" in result.stderr
+
+
+# --- targets triggered by Pub/Sub (gmail_push) ---------------------------------------------------------
+
+PUSH_SA = f"skill-email-push@{PROJECT}.iam.gserviceaccount.com"
+TOPIC = "skill-email-gmail-push"
+
+
+@pytest.fixture
+def push_tree(tmp_path: Path) -> Path:
+    """A tree whose registry (a copy of shared/) also lists a Pub/Sub-triggered gmail_push."""
+    root = make_tree(tmp_path / "push-src")
+    (root / "shared").unlink()
+    shutil.copytree(REPO / "shared", root / "shared", ignore=shutil.ignore_patterns("__pycache__"))
+    with (root / "shared" / "targets.py").open("a") as registry:
+        registry.write(
+            "\nTARGETS = (*TARGETS, Target('gmail_push', (), rt.TokenStatusRequest, \"Gmail's notification\","
+            " trigger=PUBSUB))\nBY_NAME = {target.name: target for target in TARGETS}\n"
+        )
+    return root
+
+
+def test_no_pubsub_steps_until_a_pubsub_target_is_registered(tree: Path, poison_bin: Path) -> None:
+    out = dry_run(tree, poison_bin, "--invoker", INVOKER).stdout
+    assert "pubsub" not in out and "eventarc" not in out and "--trigger-topic" not in out
+    assert all("PUBSUB_TOPIC" not in f.read_text() for f in (tree / ".local" / "deploy").glob("*.yaml"))
+
+
+def test_a_registered_pubsub_target_gets_its_topic_trigger_and_dead_letters(
+    push_tree: Path, poison_bin: Path
+) -> None:
+    out = dry_run(push_tree, poison_bin, "--invoker", INVOKER, "--operator", OPERATOR).stdout
+    cmds = commands(out)
+    assert {"pubsub.googleapis.com", "eventarc.googleapis.com"} <= set(cmds[0])
+
+    # The topic and its dead-letter topic, created if missing, and Gmail may publish to the first.
+    created = [sub(c)[3] for c in find(cmds, "pubsub", "topics", "create")]
+    assert created == [TOPIC, f"{TOPIC}-dead-letter"]
+    topic_grants = {
+        (sub(c)[3], flag(c, "--member"), flag(c, "--role"))
+        for c in find(cmds, "pubsub", "topics", "add-iam-policy-binding")
+    }
+    assert (
+        TOPIC,
+        "serviceAccount:gmail-api-push@system.gserviceaccount.com",
+        "roles/pubsub.publisher",
+    ) in topic_grants
+    agent = 'serviceAccount:service-"${PROJECT_NUMBER}"@gcp-sa-pubsub.iam.gserviceaccount.com'
+    assert 'PROJECT_NUMBER="$(' in out
+    assert f"--member {agent}" in out
+    (dead_letter_sub,) = find(cmds, "pubsub", "subscriptions", "create")
+    assert flag(dead_letter_sub, "--topic") == f"{TOPIC}-dead-letter"
+
+    # gmail_push: triggered by the topic, its own account, retried, private and internal.
+    push = deploys(cmds)["gmail_push"]
+    assert flag(push, "--trigger-topic") == TOPIC
+    assert "--retry" in push
+    assert "--trigger-http" not in push
+    assert flag(push, "--service-account") == flag(push, "--trigger-service-account") == PUSH_SA
+    assert flag(push, "--ingress-settings") == "internal-only"
+    assert flag(deploys(cmds)["send_email"], "--service-account") == SA
+    assert out.index("pubsub topics create") < out.index("functions deploy gmail_push")
+
+    # Its subscription gets the dead-letter topic, so a poison message cannot loop forever.
+    (update,) = find(cmds, "pubsub", "subscriptions", "update")
+    assert flag(update, "--dead-letter-topic") == f"{TOPIC}-dead-letter"
+    assert int(flag(update, "--max-delivery-attempts")) in range(5, 101)
+    assert 'SUBSCRIPTION="$(' in out and "eventarc triggers describe" in out
+
+    # Invokers: the trigger's identity and the operator; never a robeing.
+    pairs = {(sub(c)[2], flag(c, "--member")) for c in find(cmds, "functions", "add-invoker-policy-binding")}
+    assert {who for name, who in pairs if name == "gmail_push"} == {f"serviceAccount:{PUSH_SA}", OPERATOR}
+
+    # The push account reads the same secrets as the functions' account.
+    secret_members = {flag(c, "--member") for c in find(cmds, "secrets", "add-iam-policy-binding")}
+    assert secret_members == {f"serviceAccount:{SA}", f"serviceAccount:{PUSH_SA}"}
+
+    # Every function (watch_mailbox among them, once registered) is told the topic.
+    for env_file in (push_tree / ".local" / "deploy").glob("*.yaml"):
+        env = yaml.safe_load(env_file.read_text())
+        assert env["PUBSUB_TOPIC"] == f"projects/{PROJECT}/topics/{TOPIC}"
+        assert "gmail_push" not in env["CALLER_AUDIENCES"]  # no HTTP caller ever targets it
 
 
 def test_cloudsql_set_on_each_cloud_run_service(tree: Path, poison_bin: Path) -> None:
@@ -434,7 +537,7 @@ with open(os.environ["STUB_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
 words = [a for a in args if not a.startswith("--")]
 present = os.environ["STUB_STATE"] == "present"
-if "describe" in words and ("service-accounts" in words or "scheduler" in words):
+if "describe" in words and ("service-accounts" in words or "scheduler" in words or "queues" in words):
     if not present:
         sys.stderr.write("ERROR: NOT_FOUND\\n")
         sys.exit(1)
@@ -507,6 +610,7 @@ def chosen(argv: list[str]) -> bool:
         or words[:3]
         in (
             ["scheduler", "jobs", "update"],
+            ["tasks", "queues", "update"],
             ["secrets", "versions", "access"],
         )
     )
@@ -525,12 +629,15 @@ def test_real_run_matches_dry_run_and_chooses_create_or_update(
 
     creates_sa = find(calls, "iam", "service-accounts", "create")
     scheduler = [sub(c)[:4] for c in find(calls, "scheduler", "jobs") if sub(c)[2] != "describe"]
+    queue = [sub(c)[:3] for c in find(calls, "tasks", "queues") if sub(c)[2] != "describe"]
     if state == "absent":
         assert [sub(c)[3] for c in creates_sa] == ["skill-email-fn", "skill-email-scheduler"]
         assert scheduler == [["scheduler", "jobs", "create", "http"]]
+        assert queue == [["tasks", "queues", "create"]]
     else:
         assert creates_sa == []
         assert scheduler == [["scheduler", "jobs", "update", "http"]]
+        assert queue == [["tasks", "queues", "update"]]
 
     # Apart from the create-or-update choices, the real run makes exactly the dry run's changes.
     assert [c for c in calls if not chosen(c)] == [c for c in planned if not chosen(c)]

@@ -7,8 +7,11 @@ Today's output must equal it once the intended changes, and only those, are undo
 2. robeing identities (``--invoker``) no longer get run.invoker on refresh_tokens;
 3. the scheduler job's ID-token audience is refresh_tokens' cloudfunctions.net URL (one of CALLER_AUDIENCES)
    instead of the run.app URL read after the deploy;
-4. each env file gains ``CALLER_POLICY: "enforce"`` and ``CALLER_AUDIENCES`` after the old added lines.
-tests/test_deploy.py shows each of them on its own.
+4. each env file gains ``CALLER_POLICY: "enforce"`` and ``CALLER_AUDIENCES`` after the old added lines;
+5. with the scheduler job comes the Cloud Tasks queue of the scheduled run's fan-out (one more line at
+   the end, and cloudtasks.googleapis.com among the APIs).
+Steps for Pub/Sub targets appear only once one is registered: none is in these configurations.
+tests/test_deploy.py shows each change on its own.
 """
 
 from __future__ import annotations
@@ -83,9 +86,13 @@ def old_lines_still_intended(old: str) -> list[str]:
 
 
 def with_intended_changes_undone(new: str) -> list[str]:
-    """Today's plan with changes 1 and 3 undone."""
+    """Today's plan with changes 1, 3 and 5 undone."""
     lines = []
     for line in new.splitlines():
+        if " tasks queues " in line:
+            continue  # change 5
+        if " services enable " in line:
+            line = line.replace(" cloudtasks.googleapis.com", "")
         if " functions deploy " in line:
             assert INGRESS.search(line), f"no ingress: {line}"
             line = INGRESS.sub("", line)
@@ -101,6 +108,7 @@ def test_dry_run_prints_the_same_plan_as_before(tmp_path: Path, name: str) -> No
     case = GOLDEN[name]
     stdout, env_files = dry_run_case(tmp_path, case)
     assert with_intended_changes_undone(stdout) == old_lines_still_intended(case["stdout"])
+    assert (" tasks queues " in stdout) == (" scheduler jobs " in case["stdout"])
 
     assert sorted(env_files) == sorted(case["env_files"])
     for file_name, text in env_files.items():

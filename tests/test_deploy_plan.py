@@ -140,3 +140,56 @@ def test_a_registered_target_takes_its_share_of_the_budget() -> None:
     assert set(sizes) == {t.name for t in registry}
     assert sum(s.used for s in sizes.values()) <= 20
     assert deploy_plan.minimum_budget(registry) > deploy_plan.minimum_budget(targets.TARGETS)
+
+
+# --- the records deploy.sh reads ------------------------------------------------------------------------
+
+
+def records(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> list[list[str]]:
+    argv = [
+        "--project",
+        "proj",
+        "--env-vars-file",
+        str(REPO / "env.yaml"),
+        "--work-dir",
+        str(tmp_path),
+        *args,
+    ]
+    assert deploy_plan.main(argv, environ={}) == 0
+    return [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+
+
+def variables(recs: list[list[str]]) -> dict[str, str]:
+    return {r[1]: r[2] for r in recs if r[0] == "var"}
+
+
+def test_pubsub_records_appear_once_such_a_target_is_registered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = records(tmp_path, capsys)
+    assert variables(before)["TOPIC"] == ""
+    assert [r[2] for r in before if r[0] == "function"] == ["http"] * len(targets.TARGETS)
+
+    push = targets.Target(
+        "gmail_push", (), rt.TokenStatusRequest, "Gmail's notification", trigger=targets.PUBSUB
+    )
+    monkeypatch.setattr(targets, "TARGETS", (*targets.TARGETS, push))
+    after = records(tmp_path, capsys, "--only", "gmail_push")
+    assert variables(after)["TOPIC"] == "skill-email-gmail-push"
+    (function,) = [r for r in after if r[0] == "function"]
+    assert function[1:4] == ["gmail_push", "pubsub", "skill-email-push@proj.iam.gserviceaccount.com"]
+    assert function[-1] == "internal-only"
+    accounts = [r[1:3] for r in after if r[0] == "sa"]
+    assert accounts[1] == ["skill-email-push", "skill-email-push@proj.iam.gserviceaccount.com"]
+    env = (tmp_path / "env.gmail_push.yaml").read_text()
+    assert 'PUBSUB_TOPIC: "projects/proj/topics/skill-email-gmail-push"' in env
+
+
+def test_the_queue_follows_the_budgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    refresh = deploy_plan.plan_sizes(100, targets.TARGETS)["refresh_tokens"]
+    queue = deploy_plan.queue_limits(refresh, token_endpoint_rate=30)
+    assert queue.max_dispatches_per_second == 30 / deploy_plan.SLICE_TOKENS
+    assert queue.max_concurrent_dispatches == refresh.instances - 1
+    got = variables(records(tmp_path, capsys, "--db-connections", "100", "--token-endpoint-rate", "30"))
+    assert (got["QUEUE_RATE"], got["QUEUE_CONCURRENT"]) == ("0.3", "1")
+    assert variables(records(tmp_path, capsys, "--no-scheduler"))["QUEUE"] == ""
