@@ -580,8 +580,8 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
     if args.cloudsql_instance:
         records += [["sql", f"serviceAccount:{email}"] for _, email, _ in accounts]
 
-    # Every function checks callers (CONTRACT.md, Callers); an ID token's audience must be one of the
-    # functions' URLs (all of them, so a partial --only deploy does not narrow the others' list).
+    # Every function checks callers (docs/deploy.md, "Who may call what"); an ID token's audience must be
+    # one of the functions' URLs (all of them, so a partial --only deploy does not narrow the others').
     added = {} if "GOOGLE_CLOUD_PROJECT" in settings else {"GOOGLE_CLOUD_PROJECT": args.project}
     added["CALLER_POLICY"] = "enforce"
     urls = [function_url(t, args.project, args.region) for t in registered if t.trigger == targets.HTTP]

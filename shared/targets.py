@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from shared import request_types as rt
 from shared.params import MAX_BODY_BYTES
 
-# The caller roles of CONTRACT.md's "Callers". The operator may call every target; ``Target.roles`` names
-# who else may, and deploy.sh grants run.invoker per function from the same list.
+# The caller roles (docs/deploy.md, "Who may call what"). The operator may call every target;
+# ``Target.roles`` names who else may, and deploy.sh grants run.invoker per function from the same list.
 ROBEING = "robeing"
 SCHEDULER = "scheduler"
 OPERATOR = "operator"

@@ -1,6 +1,6 @@
 """The token store: a person's Gmail OAuth token, read per call and kept fresh without corruption.
 
-Real rows are messy (see shared/SEED.md): the access token may be named ``token``, ``oauth_config``
+Real rows are messy (README, "Data"): the access token may be named ``token``, ``oauth_config``
 may be NULL or nested under ``installed``/``web``, client fields may sit in ``token_data``, expiry may be
 NULL or only inside ``token_data``, JSON may be double-encoded. ``TokenRecord.from_row`` absorbs all of
 that in one place, so the rest of the code sees one clean shape.
