@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("serve", "test", "check", "venv")
 
 
 def interpreter() -> tuple[str, Path]:
@@ -85,7 +84,7 @@ def run(python: Path, args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
-    if command not in COMMANDS:
+    if command not in ("serve", "test", "check", "venv"):
         print(__doc__)
         return 0 if command in ("help", "-h", "--help") else 2
     python = ensure_venv(*interpreter())
