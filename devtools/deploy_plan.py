@@ -1,11 +1,11 @@
-"""deploy.sh's plan: its options, env.yaml, and the split of the database-connection budget, in Python.
+"""deploy.sh's plan: its options, and the values of its gcloud steps, decided in Python.
 
 deploy.sh stays a list of gcloud steps; everything it has to decide is decided here, from the one
-registry of targets (``shared.targets``) and ``env.yaml`` read with a real YAML parser, and handed to
-it as tab-separated records on stdout (``var NAME VALUE``, ``api NAME``, ``sa ID EMAIL DISPLAY``,
-``secret NAME PROJECT MEMBER``, ``sql MEMBER``, ``function NAME TRIGGER ...``, ``invoker NAME
-MEMBER``). The plan's explanation goes to stderr. It also writes the per-function env files, since they
-are part of the plan.
+registry of targets (``shared.targets``), ``env.yaml`` (``devtools.deploy_env``) and the budgets
+(``devtools.deploy_budget``), and handed to it as tab-separated records on stdout (``var NAME VALUE``,
+``api NAME``, ``sa ID EMAIL DISPLAY``, ``secret NAME PROJECT MEMBER``, ``sql MEMBER``, ``function NAME
+TRIGGER ...``, ``invoker NAME MEMBER``). The plan's explanation goes to stderr. It also writes the
+per-function env files, since they are part of the plan.
 
 Invariants: the records hold no secret value (env.yaml may name secrets, never hold them: a URL with a
 password, or a ``DATABASE_URL``, is refused however the YAML spells its key); every instances x
@@ -20,12 +20,11 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
+from devtools.deploy_budget import SLICE_TOKENS, BudgetError, Size, is_scheduled, plan_sizes, queue_limits
+from devtools.deploy_env import EnvFileError, read_env, split_secret
 from shared import targets
 
 PROG = "deploy.sh"
@@ -40,8 +39,6 @@ APIS = (
     "gmail.googleapis.com",
     "iam.googleapis.com",
 )
-# Settings deploy.sh writes into each generated env file itself; env.yaml must leave them out.
-MANAGED_SETTINGS = ("THREADS", "REFRESH_CONCURRENCY", "CALLER_POLICY", "CALLER_AUDIENCES")
 # --ingress -> gcloud's --ingress-settings. Cloud Run counts as internal: this project's VPC networks and
 # Cloud Scheduler, Cloud Tasks, Eventarc and Pub/Sub of the same project (or VPC-SC perimeter); a call from
 # another Cloud Run service or function counts only when its egress goes through the VPC
@@ -51,15 +48,9 @@ MANAGED_SETTINGS = ("THREADS", "REFRESH_CONCURRENCY", "CALLER_POLICY", "CALLER_A
 # (the scheduled run, Pub/Sub pushes) are "internal-only", whatever --ingress says.
 INGRESS = {"all": "all", "internal": "internal-only"}
 INTERNAL = "internal-only"
-# Gmail publishes notifications as this account (https://developers.google.com/gmail/api/guides/push).
-GMAIL_PUSH_PUBLISHER = "serviceAccount:gmail-api-push@system.gserviceaccount.com"
 # Deliveries of one notification before Pub/Sub moves it to the dead-letter topic (Pub/Sub allows 5-100):
 # enough to ride out a database restart with --retry's backoff, few enough that a poison message stops.
 MAX_DELIVERY_ATTEMPTS = 10
-# The scheduled run's fan-out (issue 13): each task refreshes one slice of at most this many tokens with
-# the run's REFRESH_CONCURRENCY workers. At ~0.2 s a refresh (token endpoint and one UPDATE) 4 workers
-# finish a slice in ~5 s, far inside refresh_tokens' 540 s timeout, so a retried slice repeats little.
-SLICE_TOKENS = 100
 # 1 vCPU everywhere: 2nd-gen functions accept a concurrency above 1 only with at least one vCPU, and a
 # whole CPU also shortens the cold start (imports are CPU-bound).
 CPU = "1"
@@ -223,190 +214,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# --- env.yaml ---------------------------------------------------------------------------------------
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice: the first value would otherwise vanish unchecked."""
-
-
-def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise PlanError(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})")
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-# scheme://user:password@host: a URL holding credentials, whatever setting it hides under.
-_URL_WITH_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
-
-
-def read_env(path: Path) -> dict[str, str]:
-    """The settings of an ``--env-vars-file``, checked so that no secret or managed setting gets through.
-
-    The file is parsed with PyYAML, as gcloud parses it, so a quoted key (``"DATABASE_URL": ...``), a space
-    before the colon, a flow mapping or a merge key all reach the checks under the name gcloud would use.
-
-    Raises:
-        PlanError: unreadable or not a flat mapping of names to strings; a key given twice; a
-            ``DATABASE_URL`` (under any letter case) or a URL with credentials under any key; a
-            ``DB_URL_SECRET`` that is a URL; a setting deploy.sh writes itself.
-    """
-    name = path.name
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except OSError as exc:
-        raise PlanError(f"no env file '{path}' (see env.yaml)") from exc
-    except PlanError as exc:
-        raise PlanError(f"{name}: {exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise PlanError(f"{name} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise PlanError(f'{name} must be a mapping of KEY: "value" lines')
-    settings: dict[str, str] = {}
-    for key, value in data.items():
-        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise PlanError(f"{name}: {key!r} is not an environment variable name")
-        if not isinstance(value, str):
-            raise PlanError(
-                f'{name}: {key} must be a quoted string (KEY: "value"), not {type(value).__name__}'
-            )
-        settings[key] = value
-    for key, value in settings.items():
-        # The URL holds the database password: it belongs in Secret Manager, never in an env file.
-        if key.upper() == "DATABASE_URL" or _URL_WITH_CREDENTIALS.search(value):
-            raise PlanError(
-                f"{name} must name the secret (DB_URL_SECRET: skill-email-db-url), not hold a database URL"
-                f" or any URL with a password (found under {key})"
-            )
-        if key.upper() in MANAGED_SETTINGS:
-            raise PlanError(f"{name} sets {key}: leave it out, {PROG} sets it to each function's concurrency")
-    db_secret = settings.get("DB_URL_SECRET", "")
-    if "://" in db_secret:
-        raise PlanError(
-            f"{name} must name the secret (DB_URL_SECRET: skill-email-db-url), not hold a database URL"
-        )
-    if not db_secret:
-        raise PlanError(f"{name} sets no DB_URL_SECRET")
-    return settings
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """A Secret Manager secret named in env.yaml: ``S``, ``projects/P/secrets/S`` or ``.../versions/V``."""
-
-    name: str
-    project: str
-    version: str
-
-
-def split_secret(ref: str, project: str) -> SecretRef:
-    """Parse a secret reference, the project defaulting to the deploy project and the version to latest.
-
-    Raises:
-        PlanError: any other shape.
-    """
-    match = re.fullmatch(r"projects/([^/]+)/secrets/([^/]+)(?:/versions/([^/]+))?", ref)
-    if match:
-        return SecretRef(match[2], match[1], match[3] or "latest")
-    if "/" in ref:
-        raise PlanError(f"secret '{ref}' must be S, projects/P/secrets/S or projects/P/secrets/S/versions/V")
-    return SecretRef(ref, project, "latest")
-
-
-# --- the connection budget --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Size:
-    """How one function is deployed: what an instance may hold and how many of them run."""
-
-    memory: str
-    timeout: str
-    instances: int
-    concurrency: int
-    share: int  # the budget's connections set aside for it
-    used: int  # the connections it can hold at once
-
-
-def refresh_share(budget: int) -> int:
-    """The scheduled-run target's share: a quarter of the budget, at least 2 (a run, a per-user call)."""
-    return max(2, budget // 4)
-
-
-def _shares(budget: int, registered: Sequence[targets.Target]) -> dict[str, int]:
-    share = refresh_share(budget)
-    rest = budget - share
-    weighted = [t for t in registered if not _is_scheduled(t)]
-    total = sum(t.db_weight for t in weighted) or 1
-    shares = {t.name: rest * t.db_weight // total for t in weighted}
-    if weighted:
-        # What the rounding leaves goes to the lightest target (the last of them in the registry).
-        lightest = min(t.db_weight for t in weighted)
-        last = [t for t in weighted if t.db_weight == lightest][-1]
-        shares[last.name] += rest - sum(shares.values())
-    shares.update({t.name: share for t in registered if _is_scheduled(t)})
-    return shares
-
-
-def _is_scheduled(target: targets.Target) -> bool:
-    return targets.SCHEDULER in target.roles
-
-
-def minimum_budget(registered: Sequence[targets.Target]) -> int:
-    """The smallest ``--db-connections`` that gives every registered function at least one connection."""
-    budget = 1
-    while min(_shares(budget, registered).values(), default=1) < 1 or budget < refresh_share(budget) + 1:
-        budget += 1
-    return budget
-
-
-def plan_sizes(budget: int, registered: Sequence[targets.Target]) -> dict[str, Size]:
-    """Cut the budget into instances x concurrency per function, counted over every registered one.
-
-    The scheduled-run target gets :func:`refresh_share` as 2 instances x concurrency 1: the run is one long
-    request whose workers each hold a connection (the share less one), and the connection left serves a
-    per-user refresh on the second instance. Every other share becomes the instances x concurrency pair,
-    concurrency between half the target's ceiling and the ceiling, that uses most of it (ties: fewer
-    instances); a share below half the ceiling becomes 1 instance x share.
-
-    Raises:
-        PlanError: the budget cannot give every function a connection.
-    """
-    need = minimum_budget(registered)
-    if budget < need:
-        raise PlanError(
-            f"--db-connections {budget} is too small: the {len(registered)} functions need at least {need} "
-            f"(refresh_tokens {refresh_share(need)}, one each for the others); raise the database's budget"
-        )
-    sizes = {}
-    for target, share in ((t, _shares(budget, registered)[t.name]) for t in registered):
-        if _is_scheduled(target):
-            instances, concurrency, used = 2, 1, share
-        elif share < (target.max_concurrency + 1) // 2:
-            instances, concurrency = 1, share
-            used = share
-        else:
-            best = (0, 1, 1)
-            for c in range(target.max_concurrency, (target.max_concurrency + 1) // 2 - 1, -1):
-                if share // c * c > best[0]:
-                    best = (share // c * c, share // c, c)
-            used, instances, concurrency = best
-        sizes[target.name] = Size(target.memory, target.timeout, instances, concurrency, share, used)
-    total = sum(s.used for s in sizes.values())
-    if total > budget:  # pragma: no cover - a bug in the arithmetic above, never a user error
-        raise PlanError(f"bug: the plan uses {total} connections, over {budget}")
-    return sizes
-
-
 # --- the plan ---------------------------------------------------------------------------------------
 
 
@@ -443,30 +250,11 @@ def grants(target: targets.Target, robeings: Sequence[str], operators: Sequence[
     return [member(who) for who in dict.fromkeys([*callers, *operators])]
 
 
-@dataclass(frozen=True)
-class Queue:
-    """The Cloud Tasks queue's limits, from the budgets of the token endpoint and the database."""
-
-    max_dispatches_per_second: float
-    max_concurrent_dispatches: int
-
-
-def queue_limits(refresh: Size, token_endpoint_rate: int) -> Queue:
-    """Limits for the fan-out over refresh_tokens.
-
-    A slice in flight holds one refresh_tokens instance and its workers' connections (the share less one),
-    so one slice at a time per instance the scheduled run leaves free keeps the database within the
-    share; slices start no faster than the token-endpoint budget refreshes their tokens.
-    """
-    concurrent = max(1, refresh.instances - 1)
-    return Queue(round(max(token_endpoint_rate, 1) / SLICE_TOKENS, 3), concurrent)
-
-
 def _env_file_text(
     source_name: str, source: str, target: targets.Target, size: Size, added: dict[str, str]
 ) -> str:
     lines = [f'THREADS: "{size.concurrency}"']
-    if _is_scheduled(target):
+    if is_scheduled(target):
         lines.append(f'REFRESH_CONCURRENCY: "{size.share - 1}"')
     lines += [f'{key}: "{value}"' for key, value in added.items()]
     return (
@@ -524,7 +312,7 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
     push_sa = sa_email(args.push_service_account, args.project)
     scheduler_sa = sa_email(args.scheduler_service_account, args.project)
     db_secret = split_secret(settings["DB_URL_SECRET"], args.project)
-    scheduled = [t for t in deploying if _is_scheduled(t)] if not args.no_scheduler else []
+    scheduled = [t for t in deploying if is_scheduled(t)] if not args.no_scheduler else []
     # Pub/Sub steps exist only once a Pub/Sub-triggered target is registered (gmail_push).
     topic = args.pubsub_topic if any(t.trigger == targets.PUBSUB for t in registered) else ""
     pushing = [t for t in deploying if t.trigger == targets.PUBSUB]
@@ -644,7 +432,7 @@ def main(argv: list[str], environ: dict[str, str] | None = None) -> int:
         records, explain = build(args, environ)
     except _UsageError as exc:
         p.error(str(exc))
-    except PlanError as exc:
+    except (PlanError, EnvFileError, BudgetError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 1
     for line in explain:

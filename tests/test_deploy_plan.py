@@ -1,4 +1,4 @@
-"""devtools/deploy_plan.py: env.yaml read as YAML (no secret in any spelling), and the connection budget."""
+"""deploy.sh's planner: env.yaml read as YAML (no secret in any spelling), the budgets, the records."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools import deploy_plan
+from devtools import deploy_budget, deploy_env, deploy_plan
 from shared import request_types as rt
 from shared import targets
 
@@ -21,7 +21,7 @@ def env_file(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_repository_env_yaml_is_accepted() -> None:
-    settings = deploy_plan.read_env(REPO / "env.yaml")
+    settings = deploy_env.read_env(REPO / "env.yaml")
     assert settings["DB_URL_SECRET"] == "skill-email-db-url"
     assert "DATABASE_URL" not in settings
 
@@ -45,22 +45,22 @@ def test_the_repository_env_yaml_is_accepted() -> None:
 )
 def test_a_database_url_is_refused_in_every_yaml_spelling(tmp_path: Path, text: str) -> None:
     path = env_file(tmp_path, text if text.startswith(("DB_URL_SECRET", "{")) else GOOD + text)
-    with pytest.raises(deploy_plan.PlanError, match="database URL") as raised:
-        deploy_plan.read_env(path)
+    with pytest.raises(deploy_env.EnvFileError, match="database URL") as raised:
+        deploy_env.read_env(path)
     assert "pw" not in str(raised.value)
 
 
 def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
     # PyYAML keeps the last value: the first would reach gcloud without being checked.
     path = env_file(tmp_path, 'DATABASE_URL: "postgresql://u:pw@h/db"\n' + GOOD + '"DATABASE_URL": ""\n')
-    with pytest.raises(deploy_plan.PlanError, match="given twice"):
-        deploy_plan.read_env(path)
+    with pytest.raises(deploy_env.EnvFileError, match="given twice"):
+        deploy_env.read_env(path)
 
 
 @pytest.mark.parametrize("key", ["THREADS", '"THREADS"', "REFRESH_CONCURRENCY "])
 def test_settings_deploy_writes_itself_are_refused(tmp_path: Path, key: str) -> None:
-    with pytest.raises(deploy_plan.PlanError, match="leave it out"):
-        deploy_plan.read_env(env_file(tmp_path, f'{GOOD}{key}: "4"\n'))
+    with pytest.raises(deploy_env.EnvFileError, match="leave it out"):
+        deploy_env.read_env(env_file(tmp_path, f'{GOOD}{key}: "4"\n'))
 
 
 @pytest.mark.parametrize(
@@ -74,12 +74,12 @@ def test_settings_deploy_writes_itself_are_refused(tmp_path: Path, key: str) -> 
     ],
 )
 def test_malformed_env_files_are_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(deploy_plan.PlanError, match=message):
-        deploy_plan.read_env(env_file(tmp_path, text))
+    with pytest.raises(deploy_env.EnvFileError, match=message):
+        deploy_env.read_env(env_file(tmp_path, text))
 
 
 def test_a_url_without_credentials_is_fine(tmp_path: Path) -> None:
-    settings = deploy_plan.read_env(
+    settings = deploy_env.read_env(
         env_file(tmp_path, GOOD + 'GMAIL_API_ENDPOINT: "https://gmail.googleapis.com"\n')
     )
     assert settings["GMAIL_API_ENDPOINT"] == "https://gmail.googleapis.com"
@@ -94,20 +94,20 @@ def test_a_url_without_credentials_is_fine(tmp_path: Path) -> None:
     ],
 )
 def test_secret_references(ref: str, expected: tuple[str, str, str]) -> None:
-    secret = deploy_plan.split_secret(ref, "proj")
+    secret = deploy_env.split_secret(ref, "proj")
     assert (secret.name, secret.project, secret.version) == expected
 
 
 def test_a_malformed_secret_reference_is_refused() -> None:
-    with pytest.raises(deploy_plan.PlanError):
-        deploy_plan.split_secret("secrets/s", "proj")
+    with pytest.raises(deploy_env.EnvFileError):
+        deploy_env.split_secret("secrets/s", "proj")
 
 
 # --- the connection budget ----------------------------------------------------------------------------
 
 
 def test_the_default_budget_gives_the_documented_split() -> None:
-    sizes = deploy_plan.plan_sizes(20, targets.TARGETS)
+    sizes = deploy_budget.plan_sizes(20, targets.TARGETS)
     got = {name: (s.instances, s.concurrency, s.used) for name, s in sizes.items()}
     assert got == {
         "send_email": (2, 3, 6),
@@ -119,7 +119,7 @@ def test_the_default_budget_gives_the_documented_split() -> None:
 
 @pytest.mark.parametrize("budget", range(5, 300, 7))
 def test_every_budget_is_kept(budget: int) -> None:
-    sizes = deploy_plan.plan_sizes(budget, targets.TARGETS)
+    sizes = deploy_budget.plan_sizes(budget, targets.TARGETS)
     assert sum(s.used for s in sizes.values()) <= budget
     for name, size in sizes.items():
         target = targets.get(name)
@@ -128,18 +128,18 @@ def test_every_budget_is_kept(budget: int) -> None:
 
 
 def test_a_budget_below_one_connection_each_is_refused() -> None:
-    assert deploy_plan.minimum_budget(targets.TARGETS) == 5
-    with pytest.raises(deploy_plan.PlanError, match="--db-connections 4 is too small"):
-        deploy_plan.plan_sizes(4, targets.TARGETS)
+    assert deploy_budget.minimum_budget(targets.TARGETS) == 5
+    with pytest.raises(deploy_budget.BudgetError, match="--db-connections 4 is too small"):
+        deploy_budget.plan_sizes(4, targets.TARGETS)
 
 
 def test_a_registered_target_takes_its_share_of_the_budget() -> None:
     extra = targets.Target("get_email", ("GET",), rt.TokenStatusRequest, "one message")
     registry = (*targets.TARGETS, extra)
-    sizes = deploy_plan.plan_sizes(20, registry)
+    sizes = deploy_budget.plan_sizes(20, registry)
     assert set(sizes) == {t.name for t in registry}
     assert sum(s.used for s in sizes.values()) <= 20
-    assert deploy_plan.minimum_budget(registry) > deploy_plan.minimum_budget(targets.TARGETS)
+    assert deploy_budget.minimum_budget(registry) > deploy_budget.minimum_budget(targets.TARGETS)
 
 
 # --- the records deploy.sh reads ------------------------------------------------------------------------
@@ -186,9 +186,9 @@ def test_pubsub_records_appear_once_such_a_target_is_registered(
 
 
 def test_the_queue_follows_the_budgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    refresh = deploy_plan.plan_sizes(100, targets.TARGETS)["refresh_tokens"]
-    queue = deploy_plan.queue_limits(refresh, token_endpoint_rate=30)
-    assert queue.max_dispatches_per_second == 30 / deploy_plan.SLICE_TOKENS
+    refresh = deploy_budget.plan_sizes(100, targets.TARGETS)["refresh_tokens"]
+    queue = deploy_budget.queue_limits(refresh, token_endpoint_rate=30)
+    assert queue.max_dispatches_per_second == 30 / deploy_budget.SLICE_TOKENS
     assert queue.max_concurrent_dispatches == refresh.instances - 1
     got = variables(records(tmp_path, capsys, "--db-connections", "100", "--token-endpoint-rate", "30"))
     assert (got["QUEUE_RATE"], got["QUEUE_CONCURRENT"]) == ("0.3", "1")
