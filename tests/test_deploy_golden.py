@@ -74,6 +74,7 @@ SCHEDULER_MEMBER = re.compile(r"--member serviceAccount:skill-email-scheduler@")
 INGRESS = re.compile(r" --ingress-settings (?:all|internal-only)$")
 AUDIENCE = re.compile(r"--oidc-token-audience https://[a-z0-9-]+\.cloudfunctions\.net/refresh_tokens ")
 ADDED_SETTINGS = ("CALLER_POLICY", "CALLER_AUDIENCES")
+ADDED_MARK = "\n# Added by deploy.sh for "
 
 
 def old_lines_still_intended(old: str) -> list[str]:
@@ -110,12 +111,17 @@ def test_dry_run_prints_the_same_plan_as_before(tmp_path: Path, name: str) -> No
     assert with_intended_changes_undone(stdout) == old_lines_still_intended(case["stdout"])
     assert (" tasks queues " in stdout) == (" scheduler jobs " in case["stdout"])
 
+    # Each env file is a header, env.yaml as it is today (it may have gained settings since the capture)
+    # and the lines deploy.sh adds, which must be the old ones followed by change 4 alone.
+    env_yaml = (REPO / "env.yaml").read_text() + case["env_yaml_append"]
     assert sorted(env_files) == sorted(case["env_files"])
     for file_name, text in env_files.items():
-        old = case["env_files"][file_name]
-        assert text.startswith(old), file_name
-        added = [line.split(":", 1)[0] for line in text[len(old) :].splitlines()]
-        assert added == list(ADDED_SETTINGS), file_name  # change 4, and nothing else
+        old_head, old_added = case["env_files"][file_name].split(ADDED_MARK)
+        head, added = text.split(ADDED_MARK)
+        assert head == old_head.splitlines(keepends=True)[0] + env_yaml, file_name
+        assert added.startswith(old_added), file_name
+        new_keys = [line.split(":", 1)[0] for line in added[len(old_added) :].splitlines()]
+        assert new_keys == list(ADDED_SETTINGS), file_name  # change 4, and nothing else
 
 
 def test_the_intended_changes_do_change_the_plan(tmp_path: Path) -> None:
