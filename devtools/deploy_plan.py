@@ -377,6 +377,7 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
     if topic:
         # watch_mailbox asks Gmail to publish here; one setting for every function, like env.yaml's.
         added["PUBSUB_TOPIC"] = f"projects/{args.project}/topics/{topic}"
+    explain += [f"every function's env file adds {key}={value}" for key, value in added.items()]
 
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -334,9 +334,8 @@ def test_ingress_is_the_narrowest_that_admits_the_callers(tree: Path, poison_bin
 
 def test_functions_enforce_callers_with_their_urls_as_audiences(tree: Path, poison_bin: Path) -> None:
     extra = "https://mail.example.com/send_email"
-    deployed = deploys(
-        commands(dry_run(tree, poison_bin, "--only", "send_email", "--audience", extra).stdout)
-    )
+    result = dry_run(tree, poison_bin, "--only", "send_email", "--audience", extra)
+    deployed = deploys(commands(result.stdout))
     env = yaml.safe_load((tree / flag(deployed["send_email"], "--env-vars-file")).read_text())
     assert env["CALLER_POLICY"] == "enforce"
     # Every function's URL, even with --only, so a partial deploy never narrows what the others accept.
@@ -344,6 +343,9 @@ def test_functions_enforce_callers_with_their_urls_as_audiences(tree: Path, pois
         *(f"https://us-central1-{PROJECT}.cloudfunctions.net/{name}" for name in TARGETS),
         extra,
     ]
+    # --dry-run shows them too (on stderr, beside the plan's other figures).
+    assert "adds CALLER_POLICY=enforce" in result.stderr
+    assert f"adds CALLER_AUDIENCES={env['CALLER_AUDIENCES']}" in result.stderr
 
 
 @pytest.mark.parametrize("line", ['CALLER_POLICY: "off"', '"CALLER_AUDIENCES" : "https://x"'])
