@@ -14,8 +14,7 @@ PROG="${0##*/}"
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2 && exit 1; }
 
-# The source tree is this script's directory: "--source ." and the relative paths below mean it.
-cd "$(dirname "$0")"
+cd "$(dirname "$0")" # the source tree: "--source ." and the relative paths below mean it
 [ -f main.py ] || die "main.py not found next to $PROG: run it from the skill-email source tree"
 
 # The planner's interpreter (and the migration's): $PYTHON, else the project's .venv, which tasks.py
@@ -107,13 +106,10 @@ G=(gcloud --project "$PROJECT" --quiet)
 log "enabling APIs"
 run "${G[@]}" services enable "${APIS[@]}"
 
-# 2. Runtime service accounts (and, in step 7, the scheduler's). NAME empty or -: an existing account.
+# 2. Runtime service accounts (and, in step 8, the scheduler's). NAME empty or -: an existing account.
 ensure_sa() {
     local name="$1" email="$2" display="$3"
-    if [ -z "$name" ] || [ "$name" = - ]; then
-        log "using the existing service account $email"
-        return
-    fi
+    if [ -z "$name" ] || [ "$name" = - ]; then log "using the existing service account $email" && return; fi
     local -a sa_d=("${G[@]}" iam service-accounts describe "$email" --format "value(email)")
     local -a sa_c=("${G[@]}" iam service-accounts create "$name" --display-name "$display")
     ensure sa_d "" sa_c
@@ -123,7 +119,7 @@ for account in "${ACCOUNTS[@]}"; do
     ensure_sa "$a_name" "$a_email" "$a_display"
 done
 
-# 3. Secret access: the one DB URL secret (and the token key secret when set), never project-wide.
+# 3. Secret access: the DB URL secret (and the token key secret when set), never project-wide.
 for secret in ${SECRETS[@]+"${SECRETS[@]}"}; do
     IFS=$'\t' read -r s_name s_project s_member <<<"$secret"
     run gcloud --project "$s_project" --quiet secrets add-iam-policy-binding "$s_name" \
@@ -237,13 +233,18 @@ if [ -n "$SCHEDULED_TARGET" ]; then
         --headers Content-Type=application/json)
     ensure job_d job_u job_c
 
-    # The queue the scheduled run fans out over, its rates from the plan (docs/deploy.md).
+    # The queue the scheduled run fans out over, its rates from the plan (docs/deploy.md). The run (as
+    # the functions' account) queues tasks that call back as the scheduler: it must be allowed both.
     limits=(--location "$REGION" --max-dispatches-per-second "$QUEUE_RATE"
         --max-concurrent-dispatches "$QUEUE_CONCURRENT" --max-attempts 5 --min-backoff 10s --max-backoff 300s)
     q_d=("${G[@]}" tasks queues describe "$QUEUE" --location "$REGION" --format "value(name)")
     q_u=("${G[@]}" tasks queues update "$QUEUE" "${limits[@]}")
     q_c=("${G[@]}" tasks queues create "$QUEUE" "${limits[@]}")
     ensure q_d q_u q_c
+    run "${G[@]}" tasks queues add-iam-policy-binding "$QUEUE" --location "$REGION" \
+        --member "serviceAccount:$SA_EMAIL" --role roles/cloudtasks.enqueuer
+    run "${G[@]}" iam service-accounts add-iam-policy-binding "$SCHEDULER_SA_EMAIL" \
+        --member "serviceAccount:$SA_EMAIL" --role roles/iam.serviceAccountUser
 fi
 
 if [ "$DRY_RUN" -eq 1 ]; then log "dry run: nothing was changed"; else log "done"; fi

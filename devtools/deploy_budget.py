@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared import targets
+from shared.tokens.scheduled import SLICE_SIZE
 
-# The scheduled run's fan-out (issue 13): each task refreshes one slice of at most this many tokens with
-# the run's REFRESH_CONCURRENCY workers. At ~0.2 s a refresh (token endpoint and one UPDATE) 4 workers
-# finish a slice in ~5 s, far inside refresh_tokens' 540 s timeout, so a retried slice repeats little.
-SLICE_TOKENS = 100
+# The scheduled run's fan-out: each Cloud Task refreshes one slice of the scheduled run's SLICE_SIZE
+# tokens with refresh_tokens' REFRESH_CONCURRENCY workers.
+SLICE_TOKENS = SLICE_SIZE
 
 
 class BudgetError(Exception):

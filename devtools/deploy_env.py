@@ -15,7 +15,16 @@ from typing import Any
 import yaml
 
 # Settings deploy.sh writes into each generated env file itself; env.yaml must leave them out.
-MANAGED_SETTINGS = ("THREADS", "REFRESH_CONCURRENCY", "CALLER_POLICY", "CALLER_AUDIENCES")
+MANAGED_SETTINGS = (
+    "THREADS",
+    "REFRESH_CONCURRENCY",
+    "CALLER_POLICY",
+    "CALLER_AUDIENCES",
+    "PUBSUB_TOPIC",
+    "REFRESH_TASKS_QUEUE",
+    "REFRESH_TASKS_URL",
+    "REFRESH_TASKS_SERVICE_ACCOUNT",
+)
 
 
 class EnvFileError(Exception):

@@ -178,8 +178,8 @@ def parser() -> argparse.ArgumentParser:
         "--token-endpoint-rate",
         metavar="N",
         type=int,
-        default=10,
-        help="refreshes a second the fan-out may ask of Google's token endpoint (default: 10)",
+        default=50,
+        help="refreshes a second the fan-out may ask of Google's token endpoint (default: 50)",
     )
     add(
         "--pubsub-topic",
@@ -323,6 +323,7 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
         ["var", "RUNTIME", RUNTIME],
         ["var", "SCHEDULER_SA_NAME", _account_id(args.scheduler_service_account)],
         ["var", "SCHEDULER_SA_EMAIL", scheduler_sa],
+        ["var", "SA_EMAIL", sa],
         ["var", "SCHEDULER_JOB", args.scheduler_job],
         ["var", "SCHEDULE", args.schedule],
         ["var", "SCHEDULED_TARGET", scheduled[0].name if scheduled else ""],
@@ -385,7 +386,15 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
     for target in deploying:
         size = sizes[target.name]
         env_file = work_dir / f"env.{target.name}.yaml"
-        env_file.write_text(_env_file_text(args.env_vars_file, source, target, size, added), encoding="utf-8")
+        own = dict(added)
+        if queue and is_scheduled(target):
+            # The fan-out (shared/tokens/tasks.py): the queue, and the URL and identity its tasks call
+            # back with: an audience CALLER_AUDIENCES holds, and the scheduler, whom the caller rules admit.
+            queue_path = f"projects/{args.project}/locations/{args.region}/queues/{args.tasks_queue}"
+            own["REFRESH_TASKS_QUEUE"] = queue_path
+            own["REFRESH_TASKS_URL"] = function_url(target, args.project, args.region)
+            own["REFRESH_TASKS_SERVICE_ACCOUNT"] = scheduler_sa
+        env_file.write_text(_env_file_text(args.env_vars_file, source, target, size, own), encoding="utf-8")
         runs_as = push_sa if target.trigger == targets.PUBSUB else sa
         numbers = [str(size.instances), str(size.concurrency)]
         where = [str(env_file), ingress(target, args.ingress)]

@@ -395,7 +395,7 @@ def test_no_scheduler_without_refresh_tokens(tree: Path, poison_bin: Path) -> No
     assert find(cmds, "scheduler") == find(cmds, "tasks") == []
 
 
-@pytest.mark.parametrize(("rate", "per_second"), [(None, "0.1"), ("50", "0.5"), ("1", "0.01")])
+@pytest.mark.parametrize(("rate", "per_second"), [(None, "0.05"), ("200", "0.2"), ("1", "0.001")])
 def test_tasks_queue_rate_keeps_the_token_endpoint_and_database_in_budget(
     tree: Path, poison_bin: Path, rate: str | None, per_second: str
 ) -> None:
@@ -407,13 +407,34 @@ def test_tasks_queue_rate_keeps_the_token_endpoint_and_database_in_budget(
     for argv in (update, create):
         assert sub(argv)[3] == "skill-email-refresh"
         assert flag(argv, "--location") == "us-central1"
-        # Slices of 100 tokens: the token endpoint sees at most `rate` refreshes a second.
+        # Slices of 1,000 tokens: the token endpoint sees at most `rate` refreshes a second.
         assert flag(argv, "--max-dispatches-per-second") == per_second
         # One slice at a time: its 4 workers' connections are refresh_tokens' share less the one a
         # per-user refresh keeps (the default budget of 20 gives refresh_tokens 5).
         assert flag(argv, "--max-concurrent-dispatches") == "1"
     assert "tasks queue skill-email-refresh" in result.stderr
     assert "<= 4 database connections" in result.stderr
+
+
+def test_the_scheduled_run_may_fan_out_over_the_queue(tree: Path, poison_bin: Path) -> None:
+    cmds = commands(dry_run(tree, poison_bin).stdout)
+    # The run queues tasks as the functions' account; they call back as the scheduler.
+    (enqueuer,) = find(cmds, "tasks", "queues", "add-iam-policy-binding")
+    assert (sub(enqueuer)[3], flag(enqueuer, "--member")) == ("skill-email-refresh", f"serviceAccount:{SA}")
+    assert flag(enqueuer, "--role") == "roles/cloudtasks.enqueuer"
+    (act_as,) = find(cmds, "iam", "service-accounts", "add-iam-policy-binding")
+    assert (sub(act_as)[3], flag(act_as, "--member")) == (SCHEDULER_SA, f"serviceAccount:{SA}")
+    assert flag(act_as, "--role") == "roles/iam.serviceAccountUser"
+    env = yaml.safe_load((tree / ".local/deploy/env.refresh_tokens.yaml").read_text())
+    assert (
+        env["REFRESH_TASKS_QUEUE"] == f"projects/{PROJECT}/locations/us-central1/queues/skill-email-refresh"
+    )
+    assert env["REFRESH_TASKS_URL"] == REFRESH_AUDIENCE  # an audience the caller check accepts
+    assert REFRESH_AUDIENCE in env["CALLER_AUDIENCES"].split(",")
+    assert env["REFRESH_TASKS_SERVICE_ACCOUNT"] == SCHEDULER_SA
+    # Only refresh_tokens fans out.
+    send = yaml.safe_load((tree / ".local/deploy/env.send_email.yaml").read_text())
+    assert "REFRESH_TASKS_QUEUE" not in send
 
 
 # --- targets triggered by Pub/Sub (gmail_push) ---------------------------------------------------------
@@ -631,7 +652,7 @@ def test_real_run_matches_dry_run_and_chooses_create_or_update(
 
     creates_sa = find(calls, "iam", "service-accounts", "create")
     scheduler = [sub(c)[:4] for c in find(calls, "scheduler", "jobs") if sub(c)[2] != "describe"]
-    queue = [sub(c)[:3] for c in find(calls, "tasks", "queues") if sub(c)[2] != "describe"]
+    queue = [sub(c)[:3] for c in find(calls, "tasks", "queues") if sub(c)[2] in ("create", "update")]
     if state == "absent":
         assert [sub(c)[3] for c in creates_sa] == ["skill-email-fn", "skill-email-scheduler"]
         assert scheduler == [["scheduler", "jobs", "create", "http"]]

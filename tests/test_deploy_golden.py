@@ -8,8 +8,10 @@ Today's output must equal it once the intended changes, and only those, are undo
 3. the scheduler job's ID-token audience is refresh_tokens' cloudfunctions.net URL (one of CALLER_AUDIENCES)
    instead of the run.app URL read after the deploy;
 4. each env file gains ``CALLER_POLICY: "enforce"`` and ``CALLER_AUDIENCES`` after the old added lines;
-5. with the scheduler job comes the Cloud Tasks queue of the scheduled run's fan-out (one more line at
-   the end, and cloudtasks.googleapis.com among the APIs).
+5. with the scheduler job comes the Cloud Tasks queue of the scheduled run's fan-out (three more lines
+   at the end: the queue, the functions' account may queue tasks and act as the scheduler; and
+   cloudtasks.googleapis.com among the APIs), and refresh_tokens' env file names them
+   (REFRESH_TASKS_QUEUE, REFRESH_TASKS_URL, REFRESH_TASKS_SERVICE_ACCOUNT).
 Steps for Pub/Sub targets appear only once one is registered: none is in these configurations.
 tests/test_deploy.py shows each change on its own.
 """
@@ -74,6 +76,7 @@ SCHEDULER_MEMBER = re.compile(r"--member serviceAccount:skill-email-scheduler@")
 INGRESS = re.compile(r" --ingress-settings (?:all|internal-only)$")
 AUDIENCE = re.compile(r"--oidc-token-audience https://[a-z0-9-]+\.cloudfunctions\.net/refresh_tokens ")
 ADDED_SETTINGS = ("CALLER_POLICY", "CALLER_AUDIENCES")
+FAN_OUT_SETTINGS = ("REFRESH_TASKS_QUEUE", "REFRESH_TASKS_URL", "REFRESH_TASKS_SERVICE_ACCOUNT")
 ADDED_MARK = "\n# Added by deploy.sh for "
 
 
@@ -90,7 +93,7 @@ def with_intended_changes_undone(new: str) -> list[str]:
     """Today's plan with changes 1, 3 and 5 undone."""
     lines = []
     for line in new.splitlines():
-        if " tasks queues " in line:
+        if " tasks queues " in line or " iam service-accounts add-iam-policy-binding " in line:
             continue  # change 5
         if " services enable " in line:
             line = line.replace(" cloudtasks.googleapis.com", "")
@@ -121,7 +124,9 @@ def test_dry_run_prints_the_same_plan_as_before(tmp_path: Path, name: str) -> No
         assert head == old_head.splitlines(keepends=True)[0] + env_yaml, file_name
         assert added.startswith(old_added), file_name
         new_keys = [line.split(":", 1)[0] for line in added[len(old_added) :].splitlines()]
-        assert new_keys == list(ADDED_SETTINGS), file_name  # change 4, and nothing else
+        fan_out = file_name == "env.refresh_tokens.yaml" and " scheduler jobs " in case["stdout"]
+        # change 4 (and 5), and nothing else
+        assert new_keys == [*ADDED_SETTINGS, *(FAN_OUT_SETTINGS if fan_out else ())], file_name
 
 
 def test_the_intended_changes_do_change_the_plan(tmp_path: Path) -> None:

@@ -191,5 +191,5 @@ def test_the_queue_follows_the_budgets(tmp_path: Path, capsys: pytest.CaptureFix
     assert queue.max_dispatches_per_second == 30 / deploy_budget.SLICE_TOKENS
     assert queue.max_concurrent_dispatches == refresh.instances - 1
     got = variables(records(tmp_path, capsys, "--db-connections", "100", "--token-endpoint-rate", "30"))
-    assert (got["QUEUE_RATE"], got["QUEUE_CONCURRENT"]) == ("0.3", "1")
+    assert (got["QUEUE_RATE"], got["QUEUE_CONCURRENT"]) == ("0.03", "1")
     assert variables(records(tmp_path, capsys, "--no-scheduler"))["QUEUE"] == ""
