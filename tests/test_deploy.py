@@ -560,14 +560,19 @@ with open(os.environ["STUB_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
 words = [a for a in args if not a.startswith("--")]
 present = os.environ["STUB_STATE"] == "present"
-if "describe" in words and ("service-accounts" in words or "scheduler" in words or "queues" in words):
+kinds = {{"service-accounts", "scheduler", "queues", "topics", "subscriptions"}}
+if "describe" in words and kinds & set(words):
     if not present:
         sys.stderr.write("ERROR: NOT_FOUND\\n")
         sys.exit(1)
     print("exists")
 elif "describe" in words and "functions" in words:
     fmt = args[args.index("--format") + 1]
-    print({url!r} if "uri" in fmt else {service!r})
+    print({url!r} if "uri" in fmt else {trigger!r} if "eventTrigger" in fmt else {service!r})
+elif "describe" in words and "projects" in words:
+    print({number!r})
+elif "describe" in words and "eventarc" in words:
+    print({subscription!r})
 elif "versions" in words and "access" in words:
     sys.stdout.write({secret!r})
 sys.exit(0)
@@ -587,7 +592,15 @@ exec {python} "$@"
 def stub_run(tree: Path, tmp_path: Path, state: str, *args: str) -> tuple[subprocess.CompletedProcess, list]:
     bindir = tmp_path / f"stub-bin-{state}"
     bindir.mkdir()
-    stub = STUB.format(python=sys.executable, url=STUB_URL, service=STUB_SERVICE, secret=SECRET_DB_URL)
+    stub = STUB.format(
+        python=sys.executable,
+        url=STUB_URL,
+        service=STUB_SERVICE,
+        secret=SECRET_DB_URL,
+        trigger=STUB_TRIGGER,
+        number=STUB_PROJECT_NUMBER,
+        subscription=STUB_SUBSCRIPTION,
+    )
     write_exe(bindir / "gcloud", stub)
     python = write_exe(tmp_path / "python-stub", PYTHON_STUB.replace("{python}", sys.executable))
     log = tmp_path / f"gcloud-{state}.log"
@@ -609,9 +622,19 @@ def stub_run(tree: Path, tmp_path: Path, state: str, *args: str) -> tuple[subpro
     return result, calls
 
 
+STUB_TRIGGER = f"projects/{PROJECT}/locations/us-central1/triggers/gmail-push-123"
+STUB_PROJECT_NUMBER = "123456789012"
+STUB_SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/eventarc-us-central1-gmail-push-123-sub-456"
+
+
 def substituted(cmds: list[list[str]]) -> list[list[str]]:
-    values = {"${REFRESH_TOKENS_URL}": STUB_URL, "${SERVICE}": STUB_SERVICE}
-    return [[values.get(a, a) for a in c] for c in cmds]
+    values = {
+        "${REFRESH_TOKENS_URL}": STUB_URL,
+        "${SERVICE}": STUB_SERVICE,
+        "${EVENT_TRIGGER}": STUB_TRIGGER,
+        "${SUBSCRIPTION}": STUB_SUBSCRIPTION,
+    }
+    return [[values.get(a, a).replace("${PROJECT_NUMBER}", STUB_PROJECT_NUMBER) for a in c] for c in cmds]
 
 
 def assert_subsequence(calls: list[list[str]], planned: list[list[str]]) -> None:
@@ -726,3 +749,24 @@ def test_every_shellcheck_disable_is_explained() -> None:
 
 def test_deploy_sh_is_executable() -> None:
     assert os.access(REPO / "deploy.sh", os.X_OK)
+
+
+@pytest.mark.parametrize("state", ["absent", "present"])
+def test_real_run_of_the_pubsub_steps_matches_the_dry_run(
+    push_tree: Path, tmp_path: Path, poison_bin: Path, state: str
+) -> None:
+    args = ("--invoker", INVOKER, "--only", "gmail_push")
+    planned = substituted(commands(dry_run(push_tree, poison_bin, *args).stdout))
+    _, calls = stub_run(push_tree, tmp_path, state, *args)
+    assert_subsequence(calls, planned)
+    assert [c for c in calls if not chosen(c)] == [c for c in planned if not chosen(c)]
+    created = [sub(c)[:3] for c in calls if "create" in sub(c)[:3]]
+    if state == "absent":
+        assert ["pubsub", "topics", "create"] in created and ["pubsub", "subscriptions", "create"] in created
+    else:
+        assert created == []
+    # The trigger's subscription, read from gcloud, gets the dead-letter topic; the agent's number too.
+    (update,) = find(calls, "pubsub", "subscriptions", "update")
+    assert sub(update)[3] == STUB_SUBSCRIPTION
+    agent = f"serviceAccount:service-{STUB_PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
+    assert agent in {flag(c, "--member") for c in find(calls, "pubsub", "topics", "add-iam-policy-binding")}
