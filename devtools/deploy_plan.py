@@ -270,6 +270,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise PlanError(f"--project '{args.project}' is not a project id")
     if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", args.region):
         raise PlanError(f"--region '{args.region}' is not a region such as us-central1")
+    if args.token_endpoint_rate < 1:
+        raise PlanError(f"--token-endpoint-rate must be at least 1, not {args.token_endpoint_rate}")
     if args.db_connections < 0:
         raise PlanError(f"--db-connections must be a whole number, not '{args.db_connections}'")
     if args.cloudsql_instance and not re.fullmatch(
@@ -288,7 +290,9 @@ def build(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[list[
     """The records for deploy.sh and the lines explaining the plan (for stderr). Writes the env files.
 
     Raises:
-        PlanError: see :func:`read_env`, :func:`plan_sizes` and the option checks.
+        PlanError: an option that cannot be deployed.
+        EnvFileError: see :func:`devtools.deploy_env.read_env`.
+        BudgetError: see :func:`devtools.deploy_budget.plan_sizes`.
     """
     args.project = args.project or environ.get("GOOGLE_CLOUD_PROJECT", "")
     args.region = args.region or environ.get("REGION") or "us-central1"

@@ -193,6 +193,8 @@ def test_budget_too_small_is_refused(tree: Path, poison_bin: Path) -> None:
         ["--only", "send_mail"],
         ["--project"],
         ["--db-connections", "many"],
+        ["--token-endpoint-rate", "0"],
+        ["--ingress", "public"],
         [],  # no project at all
     ],
 )
