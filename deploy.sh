@@ -24,9 +24,7 @@ if [ -z "${PYTHON:-}" ] && [ ! -x .venv/bin/python ]; then
     log "no .venv yet: creating it with python3 tasks.py venv"
     python3 tasks.py venv >&2 || die "could not create .venv (Python 3.11+ needed): see docs/deploy.md"
 fi
-for arg in "$@"; do
-    case "$arg" in -h | --help) exec "$PY" -m devtools.deploy_plan --help ;; esac
-done
+for arg in "$@"; do case "$arg" in -h | --help) exec "$PY" -m devtools.deploy_plan --help ;; esac; done
 
 # The plan: "var NAME VALUE" sets a shell variable; other records are read by the steps below.
 PLAN="$("$PY" -m devtools.deploy_plan "$@")" || exit $?
