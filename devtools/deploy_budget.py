@@ -46,10 +46,12 @@ def _shares(budget: int, registered: Sequence[targets.Target]) -> dict[str, int]
     total = sum(t.db_weight for t in weighted) or 1
     shares = {t.name: rest * t.db_weight // total for t in weighted}
     if weighted:
-        # What the rounding leaves goes to the lightest target (the last of them in the registry).
+        # What the rounding leaves goes to the lightest targets, one connection each, from the last of
+        # them in the registry backwards (with one lightest target, as before: all of it to that one).
         lightest = min(t.db_weight for t in weighted)
-        last = [t for t in weighted if t.db_weight == lightest][-1]
-        shares[last.name] += rest - sum(shares.values())
+        takers = [t for t in weighted if t.db_weight == lightest][::-1]
+        for n in range(rest - sum(shares.values())):
+            shares[takers[n % len(takers)].name] += 1
     shares.update({t.name: share for t in registered if is_scheduled(t)})
     return shares
 

@@ -32,19 +32,33 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN = json.loads((REPO / "tests" / "golden" / "deploy_dry_run.json").read_text())
 
 
-def make_tree(root: Path) -> Path:
-    """The source tree deploy.sh runs from: the script, env.yaml, and the planner with the registry."""
+# The registry the golden plan was made from. Targets registered since are deployed too (with their
+# share of the budget), so the comparison runs on a copy of the registry holding only these.
+GOLDEN_TARGETS = ("send_email", "list_emails", "refresh_tokens", "token_status")
+
+
+def make_tree(root: Path, registry_tail: str = "") -> Path:
+    """The source tree deploy.sh runs from: the script, env.yaml, and the planner with the registry.
+
+    ``registry_tail``, when given, is Python appended to a copy of shared/targets.py (the registry is
+    data: a test may add or leave out entries); otherwise shared/ is the repository's own.
+    """
     root.mkdir()
     shutil.copy2(REPO / "deploy.sh", root / "deploy.sh")
     shutil.copy2(REPO / "env.yaml", root / "env.yaml")
     (root / "main.py").write_text("# stand-in for the real main.py\n")
-    for package in ("shared", "devtools"):
-        (root / package).symlink_to(REPO / package)
+    (root / "devtools").symlink_to(REPO / "devtools")
+    if not registry_tail:
+        (root / "shared").symlink_to(REPO / "shared")
+        return root
+    shutil.copytree(REPO / "shared", root / "shared", ignore=shutil.ignore_patterns("__pycache__"))
+    with (root / "shared" / "targets.py").open("a") as registry:
+        registry.write(f"\n{registry_tail}\nBY_NAME = {{target.name: target for target in TARGETS}}\n")
     return root
 
 
 def dry_run_case(tmp_path: Path, case: dict) -> tuple[str, dict[str, str]]:
-    root = make_tree(tmp_path / "src")
+    root = make_tree(tmp_path / "src", f"TARGETS = tuple(t for t in TARGETS if t.name in {GOLDEN_TARGETS!r})")
     if case["env_yaml_append"]:
         with (root / "env.yaml").open("a") as env_file:
             env_file.write(case["env_yaml_append"])

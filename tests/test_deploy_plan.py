@@ -106,8 +106,14 @@ def test_a_malformed_secret_reference_is_refused() -> None:
 # --- the connection budget ----------------------------------------------------------------------------
 
 
+# The first registry's targets, whose split docs/deploy.md documents.
+FIRST = tuple(
+    t for t in targets.TARGETS if t.name in ("send_email", "list_emails", "refresh_tokens", "token_status")
+)
+
+
 def test_the_default_budget_gives_the_documented_split() -> None:
-    sizes = deploy_budget.plan_sizes(20, targets.TARGETS)
+    sizes = deploy_budget.plan_sizes(20, FIRST)
     got = {name: (s.instances, s.concurrency, s.used) for name, s in sizes.items()}
     assert got == {
         "send_email": (2, 3, 6),
@@ -117,9 +123,11 @@ def test_the_default_budget_gives_the_documented_split() -> None:
     }
 
 
-@pytest.mark.parametrize("budget", range(5, 300, 7))
-def test_every_budget_is_kept(budget: int) -> None:
-    sizes = deploy_budget.plan_sizes(budget, targets.TARGETS)
+@pytest.mark.parametrize("registry", [FIRST, targets.TARGETS], ids=["first", "today"])
+@pytest.mark.parametrize("offset", range(0, 300, 7))
+def test_every_budget_is_kept(registry: tuple[targets.Target, ...], offset: int) -> None:
+    budget = deploy_budget.minimum_budget(registry) + offset
+    sizes = deploy_budget.plan_sizes(budget, registry)
     assert sum(s.used for s in sizes.values()) <= budget
     for name, size in sizes.items():
         target = targets.get(name)
@@ -128,18 +136,36 @@ def test_every_budget_is_kept(budget: int) -> None:
 
 
 def test_a_budget_below_one_connection_each_is_refused() -> None:
-    assert deploy_budget.minimum_budget(targets.TARGETS) == 5
+    assert deploy_budget.minimum_budget(FIRST) == 5
     with pytest.raises(deploy_budget.BudgetError, match="--db-connections 4 is too small"):
-        deploy_budget.plan_sizes(4, targets.TARGETS)
+        deploy_budget.plan_sizes(4, FIRST)
+    least = deploy_budget.minimum_budget(targets.TARGETS)
+    assert least >= 5
+    with pytest.raises(deploy_budget.BudgetError, match=f"--db-connections {least - 1} is too small"):
+        deploy_budget.plan_sizes(least - 1, targets.TARGETS)
+
+
+def test_what_rounding_leaves_is_spread_over_the_lightest_targets() -> None:
+    light = [targets.Target(f"t{n}", ("GET",), rt.TokenStatusRequest, "x") for n in range(4)]
+    registry = (*FIRST[:3], *light)  # send, list (weight 2), refresh, and four of weight 1
+    shares = {name: size.share for name, size in deploy_budget.plan_sizes(21, registry).items()}
+    # refresh 5; the rest 16 by weight 2,2,1,1,1,1 = 4,4,2,2,2,2, nothing left: even.
+    assert [shares[t.name] for t in light] == [2, 2, 2, 2]
+    shares = {name: size.share for name, size in deploy_budget.plan_sizes(23, registry).items()}
+    # refresh 5; the rest 18 = 4,4,2,2,2,2 and 2 left: to the last two light targets.
+    assert [shares[t.name] for t in light] == [2, 2, 3, 3]
 
 
 def test_a_registered_target_takes_its_share_of_the_budget() -> None:
-    extra = targets.Target("get_email", ("GET",), rt.TokenStatusRequest, "one message")
-    registry = (*targets.TARGETS, extra)
+    extra = targets.Target("extra_target", ("GET",), rt.TokenStatusRequest, "one more")
+    registry = (*FIRST, extra)
     sizes = deploy_budget.plan_sizes(20, registry)
     assert set(sizes) == {t.name for t in registry}
     assert sum(s.used for s in sizes.values()) <= 20
-    assert deploy_budget.minimum_budget(registry) > deploy_budget.minimum_budget(targets.TARGETS)
+    assert sizes["extra_target"].used >= 1
+    # Its connections come out of the others' shares: send_email had 6 of 20 without it.
+    assert sizes["send_email"].used < deploy_budget.plan_sizes(20, FIRST)["send_email"].used
+    assert deploy_budget.minimum_budget(registry) > deploy_budget.minimum_budget(FIRST)
 
 
 # --- the records deploy.sh reads ------------------------------------------------------------------------
