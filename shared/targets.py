@@ -109,6 +109,27 @@ TARGETS: tuple[Target, ...] = (
         memory="512Mi",
         max_concurrency=8,
     ),
+    Target(
+        "watch_mailbox",
+        ("POST",),
+        rt.WatchMailboxRequest,
+        "starts or stops new-mail notifications for a user",
+    ),
+    Target(
+        "gmail_push",
+        ("POST",),
+        rt.GmailPushRequest,
+        "Gmail's notification: finds the new messages and queues events for robeings",
+        # Called by Eventarc's own identity, which deploy.sh grants; no caller role.
+        roles=(),
+        trigger=PUBSUB,
+    ),
+    Target(
+        "list_events",
+        ("GET", "POST"),
+        rt.ListEventsRequest,
+        "the events queued for a robeing, for pulling instead of (or besides) webhooks",
+    ),
 )
 
 BY_NAME: dict[str, Target] = {target.name: target for target in TARGETS}

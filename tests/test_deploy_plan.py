@@ -192,14 +192,17 @@ def variables(recs: list[list[str]]) -> dict[str, str]:
 def test_pubsub_records_appear_once_such_a_target_is_registered(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    http_only = tuple(t for t in targets.TARGETS if t.trigger == targets.HTTP)
+    monkeypatch.setattr(targets, "TARGETS", http_only)
     before = records(tmp_path, capsys)
     assert variables(before)["TOPIC"] == ""
-    assert [r[2] for r in before if r[0] == "function"] == ["http"] * len(targets.TARGETS)
+    assert [r[2] for r in before if r[0] == "function"] == ["http"] * len(http_only)
+    assert len([r for r in before if r[0] == "sa"]) == 1  # no push account either
 
-    push = targets.Target(
+    push = targets.BY_NAME.get("gmail_push") or targets.Target(
         "gmail_push", (), rt.TokenStatusRequest, "Gmail's notification", trigger=targets.PUBSUB
     )
-    monkeypatch.setattr(targets, "TARGETS", (*targets.TARGETS, push))
+    monkeypatch.setattr(targets, "TARGETS", (*http_only, push))
     after = records(tmp_path, capsys, "--only", "gmail_push")
     assert variables(after)["TOPIC"] == "skill-email-gmail-push"
     (function,) = [r for r in after if r[0] == "function"]
