@@ -1,4 +1,4 @@
-"""The audit log: one ``gmail_audit_logs`` row per send and list, for operators and abuse review.
+"""The audit log: one ``gmail_audit_logs`` row per call (send, list, draft, modify), for operators.
 
 A row says who (user, robeing), what (action), how it ended (status, HTTP status, error code), what
 Gmail returned (message and thread ids, result count) and what it cost (duration, Gmail calls). It never
@@ -24,6 +24,12 @@ SEND = "send"
 LIST = "list"
 # A repeat answered from the Idempotency-Key record: nothing was sent.
 SEND_REPLAY = "send_replay"
+CREATE_DRAFT = "create_draft"
+CREATE_DRAFT_REPLAY = "create_draft_replay"
+SEND_DRAFT = "send_draft"
+SEND_DRAFT_REPLAY = "send_draft_replay"
+MODIFY = "modify_email"
+LIST_LABELS = "list_labels"
 OK = "ok"
 ERROR = "error"
 

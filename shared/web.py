@@ -45,6 +45,10 @@ def error_response(error: SkillEmailError) -> flask.Response:
     if isinstance(message_id, str):
         # The no-blind-resend rule answers "outcome unknown" with the Message-ID to look for.
         body["error"]["message_id"] = message_id
+    required_scopes = error.details.get("required_scopes")
+    if isinstance(required_scopes, list):
+        # A token without the scope the call needs: what to grant when the person reconnects.
+        body["error"]["required_scopes"] = [str(scope) for scope in required_scopes]
     return json_response(body, error.status, error.headers())
 
 

@@ -151,6 +151,13 @@ def token_endpoint() -> Iterator[FakeTokenEndpoint]:
         SECRET_VALUES.update(fake.refresh_tokens)
 
 
+# What `python -m shared.cli authorize` asks for by default: sending and reading.
+DEFAULT_SCOPES = (
+    "https://www.googleapis.com/auth/gmail.send",
+    "https://www.googleapis.com/auth/gmail.readonly",
+)
+
+
 @pytest.fixture
 def user_token(conn: db.Connection, token_endpoint: FakeTokenEndpoint) -> Callable[..., int]:
     """Stores an equipped token for a user whose refresh token the fake endpoint accepts."""
@@ -162,6 +169,7 @@ def user_token(conn: db.Connection, token_endpoint: FakeTokenEndpoint) -> Callab
         equipped_to: str | None = None,
         legacy_key: bool = False,
         refresh_token: str | None = None,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
         **extra: Any,
     ) -> int:
         refresh = refresh_token or secret("1//refresh")
@@ -184,7 +192,7 @@ def user_token(conn: db.Connection, token_endpoint: FakeTokenEndpoint) -> Callab
             oauth_config=oauth_config,
             expiry=utc_in(expires_in),
             equipped_to=equipped_to,
-            scopes=["https://www.googleapis.com/auth/gmail.send"],
+            scopes=list(scopes),
             **extra,
         )
 
