@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared import audit, config, crypto, db, logs, provider, schema, tokens
+from shared import audit, config, crypto, db, logs, provider, schema, secret_manager, tokens
 from shared.config import ConfigError
 from shared.errors import SkillEmailError
 
@@ -230,9 +230,9 @@ def cmd_decrypt_tokens(args: argparse.Namespace) -> int:
 
 def cmd_add_key(args: argparse.Namespace) -> int:
     settings = config.load_settings()
-    text = settings.token_keys or (
-        config.secrets.read(settings.token_key_secret, settings) if settings.token_key_secret else None
-    )
+    text = settings.token_keys
+    if not text and settings.token_key_secret:
+        text = secret_manager.secrets.read(settings.token_key_secret, settings)
     if not text:
         raise ConfigError("set TOKEN_KEYS or TOKEN_KEY_SECRET to the current keyring first")
     try:

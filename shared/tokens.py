@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared import clock, config, db
+from shared import clock, config, db, secret_manager
 from shared.config import ConfigError, Settings
 from shared.crypto import KeyringError, TokenCipher, open_row_without_key
 from shared.errors import NotFound, ReauthRequired, SkillEmailError
@@ -238,7 +238,7 @@ def token_cipher(settings: Settings | None = None) -> TokenCipher | None:
     if settings.token_keys:
         text = settings.token_keys
     elif settings.token_key_secret:
-        text = config.secrets.read(settings.token_key_secret, settings)
+        text = secret_manager.secrets.read(settings.token_key_secret, settings)
     else:
         return None
     digest = hashlib.sha256(text.encode()).hexdigest()
