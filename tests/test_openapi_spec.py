@@ -37,12 +37,26 @@ CONTRACT_FIELDS = {
     },
     "refresh_tokens": {"user_id", "robeing_id", "window_seconds"},
     "token_status": {"user_id", "robeing_id"},
+    "create_draft": {
+        "user_id", "robeing_id", "to", "cc", "bcc", "subject", "body", "html", "attachments",
+        "reply_to_message_id", "thread_id", "from_name", "reply_to",
+    },
+    "send_draft": {"user_id", "robeing_id", "draft_id"},
+    "modify_email": {
+        "user_id", "robeing_id", "message_id", "thread_id", "add_labels", "remove_labels", "mark_read",
+        "archive", "trash",
+    },
+    "list_labels": {"user_id", "robeing_id", "include_counts"},
 }  # fmt: skip
 METHODS = {
     "send_email": {"post"},
     "list_emails": {"get", "post"},
     "refresh_tokens": {"post"},
     "token_status": {"get", "post"},
+    "create_draft": {"post"},
+    "send_draft": {"post"},
+    "modify_email": {"post"},
+    "list_labels": {"get", "post"},
 }
 MESSAGE_FIELDS = {
     "id", "thread_id", "label_ids", "snippet", "from", "to", "cc", "subject", "date", "internal_date",
@@ -104,7 +118,7 @@ def test_request_schema_has_exactly_the_contract_fields(spec: dict[str, Any], ta
     assert set(schema["properties"]) == CONTRACT_FIELDS[target]
 
 
-@pytest.mark.parametrize("target", ["list_emails", "token_status"])
+@pytest.mark.parametrize("target", ["list_emails", "token_status", "list_labels"])
 def test_get_query_parameters_are_the_contract_fields(spec: dict[str, Any], target: str) -> None:
     params = {p["name"] for p in spec["paths"][f"/{target}"]["get"]["parameters"] if p["in"] == "query"}
     assert params == CONTRACT_FIELDS[target]
