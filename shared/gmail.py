@@ -165,8 +165,8 @@ def classify(exc: HttpError) -> _Failure:
             PermissionDenied(
                 "Gmail refused: the token lacks the permission (scope) this call "
                 "needs; reconnect Gmail granting it",
-                # shared.scopes.gate turns this into a 403 naming the scopes the target needs.
-                insufficient_scope=reason in SCOPE_REASONS or "scope" in message.lower(),
+                # Only these say "scope"; "forbidden" is about the mailbox (delegation), not the token.
+                scope_insufficient=reason in SCOPE_REASONS or "scope" in message.lower(),
             ),
             False,
         )

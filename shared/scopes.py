@@ -32,8 +32,8 @@ METADATA = GMAIL + "metadata"
 
 READING = (READONLY, MODIFY, FULL)
 SENDING = (SEND, COMPOSE, MODIFY, FULL)
-DRAFTING = (COMPOSE, MODIFY, FULL)
-MODIFYING = (MODIFY, FULL)
+DRAFTS = (COMPOSE, MODIFY, FULL)
+LABELS_AND_TRASH = (MODIFY, FULL)
 # labels.list and labels.get also take gmail.labels and gmail.metadata (discovery document): a token
 # granted only those may still list labels, so they are not refused here.
 LISTING_LABELS = (READONLY, LABELS, METADATA, MODIFY, FULL)
@@ -44,9 +44,9 @@ BY_TARGET: dict[str, tuple[str, ...]] = {
     "get_thread": READING,
     "get_attachment": READING,
     "send_email": SENDING,
-    "create_draft": DRAFTING,
-    "send_draft": DRAFTING,
-    "modify_email": MODIFYING,
+    "create_draft": DRAFTS,
+    "send_draft": DRAFTS,
+    "modify_email": LABELS_AND_TRASH,
     "list_labels": LISTING_LABELS,
 }
 
@@ -67,36 +67,37 @@ def expand(name: str) -> str:
     return "https://www.googleapis.com/auth/" + text
 
 
-def denied(target: str, why: str) -> PermissionDenied:
-    """The contract's 403 for ``target``: ``error.required_scopes`` lists any one of which would do."""
-    required = list(BY_TARGET[target])
+def denied(needed: tuple[str, ...], *, by_gmail: bool = False) -> PermissionDenied:
+    """The 403 for a token that lacks every scope in ``needed``, carrying ``required_scopes``."""
+    source = "Gmail refused the call" if by_gmail else "the stored token cannot make this call"
     return PermissionDenied(
-        f"{why}; reconnect Gmail granting one of: {' '.join(required)}", required_scopes=required
+        f"{source}: it needs one of the scopes {', '.join(needed)}; reconnect Gmail granting one of them",
+        required_scopes=list(needed),
     )
 
 
-def check(target: str, granted: Iterable[str]) -> None:
-    """Refuses the call before Gmail sees it when the stored scopes hold none the target accepts.
+def require(target: str, granted: Iterable[str]) -> None:
+    """Refuses the call before Gmail is called when the stored scopes already say it would fail.
 
     Raises:
         PermissionDenied: with ``required_scopes``; never when ``granted`` is empty (unknown).
     """
     stored = {scope.strip() for scope in granted if scope and scope.strip()}
     if stored and stored.isdisjoint(BY_TARGET[target]):
-        raise denied(target, f"the token was not granted the scope {target} needs")
+        raise denied(BY_TARGET[target])
 
 
 @contextmanager
 def gate(target: str, granted: Iterable[str]) -> Iterator[None]:
-    """``check`` before the block; a Gmail 403 for a missing scope inside it becomes the same 403.
+    """``require`` before the block; a Gmail 403 for a missing scope inside it becomes the same 403.
 
     Raises:
         PermissionDenied: with ``required_scopes``.
     """
-    check(target, granted)
+    require(target, granted)
     try:
         yield
     except PermissionDenied as exc:
-        if exc.details.get("insufficient_scope") and "required_scopes" not in exc.details:
-            raise denied(target, "Gmail refused: the token lacks the scope this call needs") from exc
+        if exc.details.get("scope_insufficient") and "required_scopes" not in exc.details:
+            raise denied(BY_TARGET[target], by_gmail=True) from exc
         raise

@@ -39,7 +39,7 @@ def _utf8_json(body: Any) -> bytes:
 
 
 def error_response(error: SkillEmailError) -> flask.Response:
-    """The contract's error body: ``{"error": {"code", "message"}}``."""
+    """The contract's error body: ``{"error": {"code", "message"}}``, plus the details it names."""
     body: dict[str, Any] = {"error": {"code": error.code, "message": error.message}}
     message_id = error.details.get("message_id")
     if isinstance(message_id, str):
@@ -47,7 +47,7 @@ def error_response(error: SkillEmailError) -> flask.Response:
         body["error"]["message_id"] = message_id
     required_scopes = error.details.get("required_scopes")
     if isinstance(required_scopes, list):
-        # A token without the scope the call needs: what to grant when the person reconnects.
+        # A 403 for scopes names the scopes (full URLs), any one of which would do.
         body["error"]["required_scopes"] = [str(scope) for scope in required_scopes]
     return json_response(body, error.status, error.headers())
 

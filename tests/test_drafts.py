@@ -384,5 +384,5 @@ def test_gmail_403_for_scopes_is_403_with_required_scopes(client, user_token, co
     response = create(client, to="a@example.com")
 
     assert response.status_code == 403
-    assert error_of(response)["required_scopes"] == list(scopes.DRAFTING)
+    assert error_of(response)["required_scopes"] == list(scopes.DRAFTS)
     assert gmail.drafts() == {}

@@ -258,7 +258,7 @@ def test_counts_retry_a_rate_limited_label_inside_the_batch(client, keeper, gmai
             "modify_email",
             (scopes.SEND, scopes.READONLY),
             {"message_id": "m", "trash": True},
-            scopes.MODIFYING,
+            scopes.LABELS_AND_TRASH,
         ),
         ("list_labels", (scopes.SEND,), {}, scopes.LISTING_LABELS),
     ],

@@ -79,8 +79,8 @@ def test_short_names_expand_to_googles_urls(given: str, expanded: str) -> None:
 
 
 def test_unknown_stored_scopes_are_not_judged_but_known_ones_are():
-    scopes.check("modify_email", [])  # nothing stored: Gmail decides
-    scopes.check("modify_email", ["https://mail.google.com/"])
+    scopes.require("modify_email", [])  # nothing stored: Gmail decides
+    scopes.require("modify_email", ["https://mail.google.com/"])
     with pytest.raises(Exception) as info:
-        scopes.check("modify_email", [scopes.READONLY, scopes.COMPOSE])
+        scopes.require("modify_email", [scopes.READONLY, scopes.COMPOSE])
     assert info.value.details["required_scopes"] == [scopes.MODIFY, scopes.FULL]
