@@ -25,6 +25,7 @@ TOKEN_KEYS = "TOKEN_KEYS"
 LOG_LEVEL = "LOG_LEVEL"
 GOOGLE_CLOUD_PROJECT = "GOOGLE_CLOUD_PROJECT"
 REFRESH_CONCURRENCY = "REFRESH_CONCURRENCY"
+AUDIT_RETENTION_DAYS = "AUDIT_RETENTION_DAYS"
 
 DEFAULT_GMAIL_API_ENDPOINT = "https://gmail.googleapis.com"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
@@ -32,6 +33,10 @@ TOKEN_PROVIDERS = ("database", "file")
 # Workers of the scheduled refresh, each holding one database connection: 1,000 tokens behind a 100 ms
 # token endpoint take about 1000 * 0.1 / 16 = 6 s, and 16 connections fit a small Cloud SQL instance.
 DEFAULT_REFRESH_CONCURRENCY = 16
+# Audit rows older than this are purged by the scheduled run: 400 days keeps a full year of history
+# plus a month, enough for a yearly abuse or access review.
+DEFAULT_AUDIT_RETENTION_DAYS = 400
+MAX_AUDIT_RETENTION_DAYS = 36500
 
 
 class ConfigError(Unavailable):
@@ -53,11 +58,23 @@ class Settings:
     log_level: str
     project: str | None
     refresh_concurrency: int
+    audit_retention_days: int
 
 
 def _env(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or None
+
+
+def _whole_number(name: str, default: int, minimum: int, maximum: int) -> int:
+    text = _env(name)
+    try:
+        value = int(text) if text else default
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}")
+    return value
 
 
 def load_settings() -> Settings:
@@ -69,13 +86,8 @@ def load_settings() -> Settings:
     provider = (_env(TOKEN_PROVIDER) or "database").lower()
     if provider not in TOKEN_PROVIDERS:
         raise ConfigError(f"{TOKEN_PROVIDER} must be one of {', '.join(TOKEN_PROVIDERS)}")
-    concurrency_text = _env(REFRESH_CONCURRENCY)
-    try:
-        concurrency = int(concurrency_text) if concurrency_text else DEFAULT_REFRESH_CONCURRENCY
-    except ValueError:
-        raise ConfigError(f"{REFRESH_CONCURRENCY} must be a whole number") from None
-    if not 1 <= concurrency <= 128:
-        raise ConfigError(f"{REFRESH_CONCURRENCY} must be between 1 and 128")
+    concurrency = _whole_number(REFRESH_CONCURRENCY, DEFAULT_REFRESH_CONCURRENCY, 1, 128)
+    retention = _whole_number(AUDIT_RETENTION_DAYS, DEFAULT_AUDIT_RETENTION_DAYS, 1, MAX_AUDIT_RETENTION_DAYS)
     return Settings(
         database_url=_env(DATABASE_URL),
         db_url_secret=_env(DB_URL_SECRET),
@@ -88,6 +100,7 @@ def load_settings() -> Settings:
         log_level=(_env(LOG_LEVEL) or "INFO").upper(),
         project=_env(GOOGLE_CLOUD_PROJECT),
         refresh_concurrency=concurrency,
+        audit_retention_days=retention,
     )
 
 

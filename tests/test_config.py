@@ -156,7 +156,7 @@ def test_no_database_configured_is_503_naming_the_variables(client):
 def test_statement_timeout_answers_503(database_url, conn, monkeypatch):
     """A row lock held elsewhere makes the refresh wait; the lock timeout ends it with 503, not a hang."""
     monkeypatch.setattr(db, "LOCK_TIMEOUT_MS", 300)  # the value, not the code path, is what is shortened
-    from shared import tokens
+    from shared.tokens.store import DatabaseTokenStore
     from tests.conftest import insert_row
 
     row_id = insert_row(
@@ -166,7 +166,7 @@ def test_statement_timeout_answers_503(database_url, conn, monkeypatch):
         holder.run("BEGIN")
         holder.run("SELECT id FROM gmail_token WHERE id = :id FOR UPDATE", id=row_id)
         with db.connection() as waiter, pytest.raises(Unavailable):
-            tokens.DatabaseTokenStore(waiter).usable("slow")
+            DatabaseTokenStore(waiter).usable("slow")
         holder.run("ROLLBACK")
 
 

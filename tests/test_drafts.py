@@ -386,3 +386,24 @@ def test_gmail_403_for_scopes_is_403_with_required_scopes(client, user_token, co
     assert response.status_code == 403
     assert error_of(response)["required_scopes"] == list(scopes.DRAFTS)
     assert gmail.drafts() == {}
+
+
+@pytest.mark.parametrize("target", ["create_draft", "send_draft"])
+def test_repeat_of_a_finished_request_is_answered_before_any_token_or_gmail_work(
+    client, drafter, gmail, conn, target
+):
+    headers = {"Idempotency-Key": f"early-{target}"}
+    if target == "create_draft":
+        body = {"user_id": "alice", "to": "a@example.com", "body": "b"}
+    else:
+        body = {"user_id": "alice", "draft_id": a_draft(client)["draft_id"]}
+    first = client(target).post("/", json=body, headers=headers)
+    assert first.status_code == 200, first.get_json()
+    conn.run("DELETE FROM gmail_token")  # no token left to read
+    gmail.clear_requests()
+
+    again = client(target).post("/", json=body, headers=headers)
+
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json() == first.get_json()
+    assert gmail.requests == []

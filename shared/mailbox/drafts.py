@@ -2,14 +2,15 @@
 
 Invariants:
 
-- a draft is composed by the send path's code (same validation, headers, attachments, threading, From);
+- a draft is composed by the send path's code (``send.compose_raw``, ``send.sender``): the same
+  validation, headers, attachments, threading and From;
 - neither ``drafts.create`` nor ``drafts.send`` is ever re-posted unless Gmail provably did not take it
-  (``GmailClient.execute_once``); after a 5xx or a broken connection the draft's Message-ID is searched
-  for (``rfc822msgid:``) before anything is created or sent again, and when it is not found the answer
-  is 503 with ``error.message_id``;
-- ``Idempotency-Key`` works as for sends: a repeat returns the first answer and creates or sends
-  nothing; keys are scoped per user and fingerprinted with the target's name, so one key can never
-  replay a draft as a send or the other way round;
+  (``GmailClient.execute_once``); after a 5xx or a broken connection the send path's
+  ``confirm_after_unknown`` searches for the draft's Message-ID (``rfc822msgid:``) before anything is
+  created or sent again, and when it is not found the answer is 503 with ``error.message_id``;
+- ``Idempotency-Key`` works as for sends: a repeat of a finished request is answered before any token
+  or Gmail work and creates or sends nothing; keys are scoped per user and fingerprinted with the
+  target's name, so one key can never replay a draft as a send or the other way round;
 - every call writes an audit row naming its action.
 """
 
@@ -23,38 +24,46 @@ from typing import Any
 
 from googleapiclient.http import MediaIoBaseUpload
 
-from shared import audit, clock, idempotency, mime, provider, scopes
+from shared import audit, idempotency, scopes
 from shared.errors import NotFound, PayloadTooLarge, SkillEmailError, Unavailable
 from shared.gmail import MAX_MESSAGE_BYTES, SIMPLE_SEND_MAX_BYTES, GmailClient, SendOutcomeUnknown
-from shared.mail import REPLY_HEADERS, UNKNOWN_OUTCOME_WAIT_S
+from shared.mailbox import send
 from shared.mailbox.session import gmail_client, record_audit
+from shared.mime import compose, request
 from shared.request_types import CreateDraftRequest, SendDraftRequest
+from shared.tokens import provider
 from shared.web import Call
 
 logger = logging.getLogger(__name__)
-
-_RETRY_HINT = "Retry with the same Idempotency-Key to have this checked again before anything is repeated"
-
 
 # -- create_draft ----------------------------------------------------------------------------------
 
 
 def create_draft(args: CreateDraftRequest, call: Call) -> dict[str, Any]:
     """Creates a draft in the user's mailbox; see the README, create_draft."""
-    mail = mime.parse_outgoing(args.mail_fields())
+    mail = request.parse_outgoing(args.mail_fields())
     key = idempotency.validate_key(args.idempotency_key)
 
-    def perform(client: GmailClient, resume_message_id: str | None, note: Callable[[str], None]) -> Any:
+    def perform(
+        client: GmailClient,
+        record: provider.TokenRecord,
+        resume_message_id: str | None,
+        note: Callable[[str], None],
+    ) -> Any:
         if resume_message_id:
-            found = _find_draft(client, resume_message_id)
+            found = send.search(client, resume_message_id, _find_draft)
             if found is not None:
                 return found
-        sender = client.email_address()
-        message_id = resume_message_id or mime.new_message_id(
-            sender.rpartition("@")[2] or "skill-email.local"
+        address = send.sender(client, record)
+        message_id = resume_message_id or compose.new_message_id(
+            address.rpartition("@")[2] or "skill-email.local"
         )
         note(message_id)
-        return _create(client, mail, sender, message_id, args)
+        raw, thread_id = send.compose_raw(client, mail, address, message_id, args)
+        try:
+            return _create(client, raw, thread_id)
+        except SendOutcomeUnknown as exc:
+            return send.confirm_after_unknown(client, message_id, exc, _find_draft)
 
     def shape(draft: dict[str, Any]) -> dict[str, Any]:
         message = draft.get("message") or {}
@@ -67,15 +76,12 @@ def create_draft(args: CreateDraftRequest, call: Call) -> dict[str, Any]:
     return _once(args, call, key, "create_draft", perform, shape)
 
 
-def _create(
-    client: GmailClient, mail: mime.OutgoingMail, sender: str, message_id: str, args: CreateDraftRequest
-) -> dict[str, Any]:
-    reply = None
-    if args.reply_to_message_id:
-        original = client.get_message(args.reply_to_message_id, fmt="metadata", headers=REPLY_HEADERS)
-        reply = mime.reply_context_from_gmail(original)
-    thread_id = args.thread_id or (reply.thread_id if reply else None)
-    raw = mime.to_raw(mime.build_message(mail, sender, message_id=message_id, reply=reply))
+def _create(client: GmailClient, raw: bytes, thread_id: str | None) -> dict[str, Any]:
+    """drafts.create, posted again only when Gmail provably did not take it (as messages.send is).
+
+    Raises:
+        SendOutcomeUnknown: a 5xx or a broken connection after the request went out.
+    """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise PayloadTooLarge("the message is over Gmail's 35 MB limit")
     message: dict[str, Any] = {"threadId": thread_id} if thread_id else {}
@@ -88,35 +94,13 @@ def _create(
         media = MediaIoBaseUpload(io.BytesIO(raw), mimetype="message/rfc822", resumable=False)
         return drafts.create(userId="me", body={"message": message}, media_body=media)
 
-    try:
-        return client.execute_once(make)
-    except SendOutcomeUnknown as exc:
-        clock.sleep(UNKNOWN_OUTCOME_WAIT_S)
-        found = _find_draft(client, message_id)
-        if found is not None:
-            logger.info("draft creation confirmed by Message-ID search after: %s", exc)
-            return found
-        logger.warning("draft creation outcome unknown: %s; not re-posted", exc)
-        raise Unavailable(
-            f"Gmail did not confirm the draft and it is not in the mailbox yet. {_RETRY_HINT}",
-            message_id=message_id,
-            maybe_sent=True,
-        ) from exc
+    return client.execute_once(make)
 
 
 def _find_draft(client: GmailClient, message_id: str) -> dict[str, Any] | None:
     """The draft whose message carries our Message-ID, if Gmail has one (``drafts.list`` with ``q``)."""
     query = f"rfc822msgid:{message_id.strip('<>')}"
-    try:
-        listed = client.execute(
-            lambda: client.service.users().drafts().list(userId="me", q=query, maxResults=1)
-        )
-    except SkillEmailError as exc:
-        raise Unavailable(
-            f"Gmail could not be searched for the draft, which may exist. {_RETRY_HINT}",
-            message_id=message_id,
-            maybe_sent=True,
-        ) from exc
+    listed = client.execute(lambda: client.service.users().drafts().list(userId="me", q=query, maxResults=1))
     drafts = listed.get("drafts") if isinstance(listed, dict) else None
     return drafts[0] if drafts else None
 
@@ -128,9 +112,14 @@ def send_draft(args: SendDraftRequest, call: Call) -> dict[str, Any]:
     """Sends one of the user's drafts; see the README, send_draft."""
     key = idempotency.validate_key(args.idempotency_key)
 
-    def perform(client: GmailClient, resume_message_id: str | None, note: Callable[[str], None]) -> Any:
+    def perform(
+        client: GmailClient,
+        record: provider.TokenRecord,
+        resume_message_id: str | None,
+        note: Callable[[str], None],
+    ) -> Any:
         if resume_message_id:
-            found = _search_sent(client, resume_message_id)
+            found = send.search(client, resume_message_id, _find_sent)
             if found is not None:
                 return found
         try:
@@ -142,7 +131,8 @@ def send_draft(args: SendDraftRequest, call: Call) -> dict[str, Any]:
                 # An earlier attempt sent (or someone deleted) the draft, and its message is not found
                 # yet: what happened is unknown, so nothing is sent.
                 raise Unavailable(
-                    f"the draft is gone and its message is not in the mailbox yet. {_RETRY_HINT}",
+                    "the draft is gone and its message is not in the mailbox yet. Retry with the same "
+                    "Idempotency-Key to have this checked again",
                     message_id=resume_message_id,
                     maybe_sent=True,
                 ) from exc
@@ -150,7 +140,18 @@ def send_draft(args: SendDraftRequest, call: Call) -> dict[str, Any]:
         message_id = _message_id_header(draft)
         if message_id:
             note(message_id)
-        return _send(client, args.draft_id, message_id)
+        try:
+            return client.execute_once(
+                lambda: client.service.users().drafts().send(userId="me", body={"id": args.draft_id})
+            )
+        except SendOutcomeUnknown as exc:
+            if message_id is None:
+                raise Unavailable(
+                    "Gmail did not confirm the send and the draft has no Message-ID to look for; it may "
+                    "have been sent. Check the Sent folder before sending it again",
+                    maybe_sent=True,
+                ) from exc
+            return send.confirm_after_unknown(client, message_id, exc, _find_sent)
 
     def shape(sent: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -172,50 +173,17 @@ def _message_id_header(draft: Any) -> str | None:
     return None
 
 
-def _send(client: GmailClient, draft_id: str, message_id: str | None) -> dict[str, Any]:
-    try:
-        return client.execute_once(
-            lambda: client.service.users().drafts().send(userId="me", body={"id": draft_id})
-        )
-    except SendOutcomeUnknown as exc:
-        if message_id is None:
-            raise Unavailable(
-                "Gmail did not confirm the send and the draft has no Message-ID to look for; it may "
-                "have been sent. Check the Sent folder before sending it again",
-                maybe_sent=True,
-            ) from exc
-        clock.sleep(UNKNOWN_OUTCOME_WAIT_S)
-        found = _search_sent(client, message_id)
-        if found is not None:
-            logger.info("draft send confirmed by Message-ID search after: %s", exc)
-            return found
-        logger.warning("draft send outcome unknown: %s; not re-sent", exc)
-        raise Unavailable(
-            f"Gmail did not confirm the send and the message is not in the mailbox yet; it may still "
-            f"arrive. {_RETRY_HINT}",
-            message_id=message_id,
-            maybe_sent=True,
-        ) from exc
-
-
-def _search_sent(client: GmailClient, message_id: str) -> dict[str, Any] | None:
-    """The SENT message carrying ``message_id`` (the draft itself carries it too, so ``in:sent``)."""
-    try:
-        listed = client.list_messages(
-            q=f"rfc822msgid:{message_id.strip('<>')} in:sent",
-            label_ids=None,
-            max_results=1,
-            page_token=None,
-            include_spam_trash=True,
-        )
-        messages = listed.get("messages") or []
-        return client.get_message(str(messages[0]["id"]), fmt="minimal") if messages else None
-    except SkillEmailError as exc:
-        raise Unavailable(
-            f"Gmail could not be searched for the message, which may have been sent. {_RETRY_HINT}",
-            message_id=message_id,
-            maybe_sent=True,
-        ) from exc
+def _find_sent(client: GmailClient, message_id: str) -> dict[str, Any] | None:
+    """The SENT message carrying ``message_id`` (the draft itself carries it too, hence ``in:sent``)."""
+    listed = client.list_messages(
+        q=f"rfc822msgid:{message_id.strip('<>')} in:sent",
+        label_ids=None,
+        max_results=1,
+        page_token=None,
+        include_spam_trash=True,
+    )
+    messages = listed.get("messages") or []
+    return client.get_message(str(messages[0]["id"]), fmt="minimal") if messages else None
 
 
 # -- what both share: the key, the release, the audit --------------------------------------------------
@@ -232,13 +200,14 @@ def _once(
     call: Call,
     key: str | None,
     target: str,
-    perform: Callable[[GmailClient, str | None, Callable[[str], None]], Any],
+    perform: Callable[[GmailClient, provider.TokenRecord, str | None, Callable[[str], None]], Any],
     shape: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> dict[str, Any]:
     """Runs ``perform`` at most once per Idempotency-Key and answers ``shape`` of its result.
 
-    The key is claimed before anything reaches Gmail; a repeat of a finished request answers the stored
-    body. ``perform(client, resume_message_id, note)`` does the Gmail work and calls ``note`` with the
+    A repeat of a finished request answers the stored body before any token is read; otherwise the key
+    is claimed before anything reaches Gmail. ``perform(client, record, resume_message_id, note)`` does
+    the Gmail work and calls ``note`` with the
     Message-ID it is about to create or send, before it goes out, so that a retry taking over an attempt
     that died (``resume_message_id``) searches for that message before doing anything again.
     """
@@ -248,6 +217,10 @@ def _once(
         conn = session.conn
         if key is not None and conn is None:
             raise Unavailable("Idempotency-Key needs the database (set DATABASE_URL or DB_URL_SECRET)")
+        if key is not None and conn is not None:
+            done = idempotency.finished(conn, args.user_id, key, fingerprint)
+            if done is not None and done.replay is not None:
+                return _replay(session, args, call, replay_action, done)
         claimed = False
 
         def note(message_id: str) -> None:
@@ -262,14 +235,11 @@ def _once(
                 resume = None
                 if key is not None and conn is not None:
                     claim = idempotency.claim(conn, args.user_id, key, fingerprint, message_id=None)
-                    if claim.replay is not None:
-                        call.log["idempotent_replay"] = True
-                        status = claim.replay_status or 200
-                        record_audit(session, args, replay_action, call, http_status=status)
-                        return claim.replay
+                    if claim.replay is not None:  # finished between our look and our claim
+                        return _replay(session, args, call, replay_action, claim)
                     claimed = True
                     resume = claim.resume_message_id
-                result = perform(client, resume, note)
+                result = perform(client, record, resume, note)
         except SkillEmailError as exc:
             if claimed and conn is not None and key is not None:
                 idempotency.release(conn, args.user_id, key, maybe_sent=bool(exc.details.get("maybe_sent")))
@@ -299,3 +269,21 @@ def _once(
             gmail_thread_id=body.get("thread_id"),
         )
         return body
+
+
+def _replay(
+    session: provider.Session,
+    args: CreateDraftRequest | SendDraftRequest,
+    call: Call,
+    action: str,
+    claim: idempotency.Claim,
+) -> dict[str, Any]:
+    """The stored answer of a finished request with this key; nothing is created or sent."""
+    assert claim.replay is not None
+    call.log["idempotent_replay"] = True
+    replayed = claim.replay
+    message_id = replayed.get("message_id") or replayed.get("id")
+    record_audit(
+        session, args, action, call, http_status=claim.replay_status or 200, gmail_message_id=message_id
+    )
+    return replayed

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from shared import audit, provider, scopes
+from shared import audit, scopes
 from shared.errors import InvalidArgument, SkillEmailError
 from shared.gmail import GmailClient
 from shared.mailbox.session import gmail_client, record_audit
 from shared.request_types import ListLabelsRequest
+from shared.tokens import provider
 from shared.web import Call
 
 # Gmail's system label ids. A call naming only these needs no labels.list: they exist in every mailbox.

@@ -18,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared import audit, provider, scopes
+from shared import audit, scopes
 from shared.errors import InvalidArgument, SkillEmailError
 from shared.gmail import GmailClient
 from shared.mailbox.labels import LabelIds
 from shared.mailbox.session import gmail_client, record_audit
 from shared.request_types import ModifyEmailRequest
+from shared.tokens import provider
 from shared.web import Call
 
 

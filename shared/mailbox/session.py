@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from shared import audit, config, provider
+from shared import audit, config
 from shared.gmail import GmailClient, StoreCredentials
 from shared.request_types import UserRequest
+from shared.tokens import provider
 from shared.web import Call
 
 
