@@ -207,9 +207,9 @@ def _once(
 
     A repeat of a finished request answers the stored body before any token is read; otherwise the key
     is claimed before anything reaches Gmail. ``perform(client, record, resume_message_id, note)`` does
-    the Gmail work and calls ``note`` with the
-    Message-ID it is about to create or send, before it goes out, so that a retry taking over an attempt
-    that died (``resume_message_id``) searches for that message before doing anything again.
+    the Gmail work and calls ``note`` with the Message-ID it is about to create or send, before it goes
+    out, so that a retry taking over an attempt that died or ended unknown (``resume_message_id``)
+    searches for that message before doing anything again.
     """
     action, replay_action = _ACTIONS[target]
     fingerprint = idempotency.fingerprint({"target": target, **args.as_body()})
