@@ -407,3 +407,25 @@ def test_repeat_of_a_finished_request_is_answered_before_any_token_or_gmail_work
     assert again.status_code == 200, again.get_json()
     assert again.get_json() == first.get_json()
     assert gmail.requests == []
+
+
+def test_robeing_id_picks_the_token_equipped_to_that_robeing(client, user_token, conn, gmail):
+    granted = (scopes.SEND, scopes.READONLY, scopes.COMPOSE)
+    for robeing, mailbox in (("robeing-a", MAILBOX), ("robeing-b", "work@example.com")):
+        row_id = user_token("alice", expires_in=3600, equipped_to=robeing, scopes=granted)
+        gmail.allow_token(row(conn, row_id)["token_data"]["access_token"], mailbox)
+    body = {"user_id": "alice", "robeing_id": "robeing-b", "to": "a@example.com", "body": "b"}
+
+    created = client("create_draft").post("/", json=body)
+    assert created.status_code == 200, created.get_json()
+    assert gmail.drafts() == {}
+    assert list(gmail.drafts("work@example.com")) == [created.get_json()["draft_id"]]
+    sent = client("send_draft").post(
+        "/", json={"user_id": "alice", "robeing_id": "robeing-b", "draft_id": created.get_json()["draft_id"]}
+    )
+    assert sent.status_code == 200, sent.get_json()
+    assert len(gmail.sent_messages("work@example.com")) == 1
+    elsewhere = client("send_draft").post(
+        "/", json={"user_id": "alice", "robeing_id": "robeing-c", "draft_id": created.get_json()["draft_id"]}
+    )
+    assert elsewhere.status_code == 404

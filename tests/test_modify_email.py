@@ -298,3 +298,20 @@ def test_gmail_403_for_delegation_names_no_scopes(client, keeper, gmail):
 
     assert response.status_code == 403
     assert "required_scopes" not in error_of(response)
+
+
+def test_robeing_id_picks_the_mailbox_of_the_token_equipped_to_it(client, user_token, conn, gmail):
+    for robeing, mailbox in (("robeing-a", "home@example.com"), ("robeing-b", "work@example.com")):
+        row_id = user_token("alice", expires_in=3600, equipped_to=robeing, scopes=(scopes.MODIFY,))
+        gmail.allow_token(row(conn, row_id)["token_data"]["access_token"], mailbox)
+    work = gmail.add_label("업무", "work@example.com")
+    message = gmail.add_message(raw("one"), email_address="work@example.com")
+
+    listed = client("list_labels").get("/?user_id=alice&robeing_id=robeing-b")
+    changed = modify(client, robeing_id="robeing-b", message_id=message, add_labels=["업무"])
+
+    assert {"id": work, "name": "업무", "type": "user"} in listed.get_json()["labels"]
+    assert changed.status_code == 200, changed.get_json()
+    assert labels_of(gmail, message) == ["INBOX", "UNREAD", work]
+    other = client("list_labels").get("/?user_id=alice&robeing_id=robeing-a")
+    assert all(label["type"] == "system" for label in other.get_json()["labels"])
