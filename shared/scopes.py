@@ -1,41 +1,35 @@
-"""Which OAuth scopes each target needs (CONTRACT.md, Scopes), and the 403 that names them.
+"""OAuth scopes: which Gmail scopes each target needs, and the 403 when a token lacks them.
 
-One table, ``BY_TARGET``: for each target the full scope URLs any one of which lets its Gmail calls
-through (taken from Gmail's discovery document, narrowed to what the contract lists). ``gate`` is how a
-mailbox operation uses it:
+The contract's Scopes table, written once. A target's need is a tuple of full scope URLs, any one of
+which will do. Invariants: a token whose stored scopes are known and hold none of them is refused with
+403 ``permission_denied`` and ``required_scopes`` before Gmail is called; a token with no stored scopes
+(older rows) is tried, and Gmail's own 403 for scopes is answered the same way.
 
-- before Gmail is called, when the token's stored scopes are known and hold none of the target's, the
-  call is answered 403 ``permission_denied`` with ``error.required_scopes``;
-- when Gmail itself answers 403 for a missing scope (the stored list was empty, stale or wrong), the
-  same 403 is raised, with the same ``required_scopes``.
-
-A token row with no scopes stored (older rows, hand-made ones) is not judged here: Gmail decides.
-
-Invariant: importing this module is cheap (no Google code); the CLI reads ``expand`` and the defaults.
+May import: ``shared.errors`` only (cheap: every mailbox operation imports it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 from shared.errors import PermissionDenied
 
-GMAIL = "https://www.googleapis.com/auth/gmail."
+_BASE = "https://www.googleapis.com/auth/"
+READONLY = _BASE + "gmail.readonly"
+SEND = _BASE + "gmail.send"
+COMPOSE = _BASE + "gmail.compose"
+MODIFY = _BASE + "gmail.modify"
+LABELS = _BASE + "gmail.labels"
+METADATA = _BASE + "gmail.metadata"
 FULL = "https://mail.google.com/"
-READONLY = GMAIL + "readonly"
-SEND = GMAIL + "send"
-COMPOSE = GMAIL + "compose"
-MODIFY = GMAIL + "modify"
-LABELS = GMAIL + "labels"
-METADATA = GMAIL + "metadata"
 
+# Any one of each tuple will do; the narrowest first, as Google's own documentation lists them.
 READING = (READONLY, MODIFY, FULL)
 SENDING = (SEND, COMPOSE, MODIFY, FULL)
 DRAFTS = (COMPOSE, MODIFY, FULL)
 LABELS_AND_TRASH = (MODIFY, FULL)
-# labels.list and labels.get also take gmail.labels and gmail.metadata (discovery document): a token
-# granted only those may still list labels, so they are not refused here.
+# Listing labels is a read: Gmail's labels.list and labels.get also take gmail.labels and gmail.metadata
+# (discovery document), so a default (send + readonly) token lists them. Changing labels is modify_email.
 LISTING_LABELS = (READONLY, LABELS, METADATA, MODIFY, FULL)
 
 BY_TARGET: dict[str, tuple[str, ...]] = {
@@ -54,17 +48,15 @@ BY_TARGET: dict[str, tuple[str, ...]] = {
 DEFAULT_AUTHORIZE = (SEND, READONLY)
 
 
-def expand(name: str) -> str:
-    """A scope as Google names it: ``gmail.modify`` -> ``https://www.googleapis.com/auth/gmail.modify``.
+def missing(granted: Iterable[str], needed: tuple[str, ...]) -> bool:
+    """True when the stored scopes are known and hold none of ``needed``.
 
-    ``mail.google.com`` (with or without scheme and slash) is the full-access scope; a URL passes as is.
+    Args:
+        granted: The scopes stored with the token (empty when the row never recorded them).
+        needed: Full scope URLs, any one of which would do.
     """
-    text = name.strip()
-    if text.startswith(("https://", "http://")):
-        return text
-    if text.rstrip("/") == "mail.google.com":
-        return FULL
-    return "https://www.googleapis.com/auth/" + text
+    stored = {expand(scope) for scope in granted if scope}
+    return bool(stored) and not stored & {expand(scope) for scope in needed}
 
 
 def denied(needed: tuple[str, ...], *, by_gmail: bool = False) -> PermissionDenied:
@@ -80,24 +72,20 @@ def require(target: str, granted: Iterable[str]) -> None:
     """Refuses the call before Gmail is called when the stored scopes already say it would fail.
 
     Raises:
-        PermissionDenied: with ``required_scopes``; never when ``granted`` is empty (unknown).
+        PermissionDenied: with ``required_scopes``, when ``granted`` is known and lacks the target's need.
+        KeyError: ``target`` has no entry (a bug: every mailbox target is listed in ``BY_TARGET``).
     """
-    stored = {scope.strip() for scope in granted if scope and scope.strip()}
-    if stored and stored.isdisjoint(BY_TARGET[target]):
-        raise denied(BY_TARGET[target])
+    needed = BY_TARGET[target]
+    if missing(granted, needed):
+        raise denied(needed)
 
 
-@contextmanager
-def gate(target: str, granted: Iterable[str]) -> Iterator[None]:
-    """``require`` before the block; a Gmail 403 for a missing scope inside it becomes the same 403.
-
-    Raises:
-        PermissionDenied: with ``required_scopes``.
-    """
-    require(target, granted)
-    try:
-        yield
-    except PermissionDenied as exc:
-        if exc.details.get("scope_insufficient") and "required_scopes" not in exc.details:
-            raise denied(BY_TARGET[target], by_gmail=True) from exc
-        raise
+def expand(scope: str) -> str:
+    """Full URL form: Google accepts, old rows hold and ``authorize --scopes`` takes short names such as
+    ``gmail.send`` (``mail.google.com`` is the full-access scope)."""
+    scope = scope.strip()
+    if scope.startswith(("https://", "http://")):
+        return scope.rstrip("/") + ("/" if scope.rstrip("/") == FULL.rstrip("/") else "")
+    if scope in ("mail.google.com", "mail.google.com/"):
+        return FULL
+    return _BASE + scope

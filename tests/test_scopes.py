@@ -26,17 +26,20 @@ CALLS = {
     ],
     "list_labels": ["labels.list", "labels.get"],
     "list_emails": ["messages.list", "messages.get"],
+    "get_email": ["messages.get"],
+    "get_thread": ["threads.get"],
+    "get_attachment": ["messages.get", "messages.attachments.get"],
 }
 
 
 def method_scopes(name: str) -> set[str]:
+    """The scopes Gmail's discovery document lists for a method, e.g. ``messages.attachments.get``."""
     document: dict[str, Any] = json.loads(get_static_doc("gmail", "v1") or "{}")
-    users = document["resources"]["users"]
-    resource, _, method = name.partition(".")
-    found = (
-        users["methods"][method] if resource == "users" else users["resources"][resource]["methods"][method]
-    )
-    return set(found["scopes"])
+    *resources, method = name.split(".")
+    node = document["resources"]["users"]
+    for resource in resources:
+        node = node if resource == "users" else node["resources"][resource]
+    return set(node["methods"][method]["scopes"])
 
 
 @pytest.mark.parametrize("target", sorted(CALLS))

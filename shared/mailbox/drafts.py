@@ -24,7 +24,7 @@ from typing import Any
 
 from googleapiclient.http import MediaIoBaseUpload
 
-from shared import audit, idempotency, scopes
+from shared import audit, idempotency
 from shared.errors import NotFound, PayloadTooLarge, SkillEmailError, Unavailable
 from shared.gmail import MAX_MESSAGE_BYTES, SIMPLE_SEND_MAX_BYTES, GmailClient, SendOutcomeUnknown
 from shared.mailbox import send
@@ -228,9 +228,9 @@ def _once(
                 idempotency.note_message_id(conn, args.user_id, key, message_id)
 
         try:
-            with (
-                gmail_client(session, args.user_id, args.robeing_id, call.log) as (client, record),
-                scopes.gate(target, record.scopes),
+            with gmail_client(session, args.user_id, args.robeing_id, call.log, target=target) as (
+                client,
+                record,
             ):
                 resume = None
                 if key is not None and conn is not None:

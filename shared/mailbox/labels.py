@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from shared import audit, scopes
+from shared import audit
 from shared.errors import InvalidArgument, SkillEmailError
 from shared.gmail import GmailClient
 from shared.mailbox.session import gmail_client, record_audit
@@ -86,9 +86,9 @@ def list_labels(args: ListLabelsRequest, call: Call) -> dict[str, Any]:
     """The mailbox's labels, with message counts when asked; see the README, list_labels."""
     with provider.open_session() as session:
         try:
-            with (
-                gmail_client(session, args.user_id, args.robeing_id, call.log) as (client, record),
-                scopes.gate("list_labels", record.scopes),
+            with gmail_client(session, args.user_id, args.robeing_id, call.log, target="list_labels") as (
+                client,
+                _record,
             ):
                 resources = fetch_labels(client)
                 counted: dict[str, dict[str, Any]] | None = None

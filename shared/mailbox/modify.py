@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared import audit, scopes
+from shared import audit
 from shared.errors import InvalidArgument, SkillEmailError
 from shared.gmail import GmailClient
 from shared.mailbox.labels import LabelIds
@@ -67,9 +67,9 @@ def modify_email(args: ModifyEmailRequest, call: Call) -> dict[str, Any]:
     assert target is not None
     with provider.open_session() as session:
         try:
-            with (
-                gmail_client(session, args.user_id, args.robeing_id, call.log) as (client, record),
-                scopes.gate("modify_email", record.scopes),
+            with gmail_client(session, args.user_id, args.robeing_id, call.log, target="modify_email") as (
+                client,
+                _record,
             ):
                 result = _apply(client, changes, target, thread=args.thread_id is not None)
         except SkillEmailError as exc:
