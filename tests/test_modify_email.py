@@ -315,3 +315,19 @@ def test_robeing_id_picks_the_mailbox_of_the_token_equipped_to_it(client, user_t
     assert labels_of(gmail, message) == ["INBOX", "UNREAD", work]
     other = client("list_labels").get("/?user_id=alice&robeing_id=robeing-a")
     assert all(label["type"] == "system" for label in other.get_json()["labels"])
+
+
+def test_thread_answer_without_messages_is_read_back_in_one_threads_get(client, keeper, gmail):
+    first = gmail.add_message(raw("one"), internal_date_ms=1)
+    second = gmail.add_message(raw("two"), thread_id=first, internal_date_ms=2)
+    gmail.fail_next(r"/threads/[^/]+/modify$", 200, body={"id": first, "historyId": "1"})
+
+    response = modify(client, thread_id=first, mark_read=True)
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["messages"] == [
+        {"id": first, "label_ids": ["INBOX", "UNREAD"]},
+        {"id": second, "label_ids": ["INBOX", "UNREAD"]},
+    ]
+    (read_back,) = gmail.find("GET", rf"/threads/{first}$")
+    assert read_back.param("format") == "minimal"

@@ -116,6 +116,11 @@ def _apply(client: GmailClient, changes: _Changes, target: str, *, thread: bool)
         result = client.execute(lambda: resource.modify(userId="me", id=target, body=body))
     if changes.trash is True:
         result = client.execute(lambda: resource.trash(userId="me", id=target))
+    result = result if isinstance(result, dict) else {}
+    if thread and not result.get("messages"):
+        # Gmail's Thread answer normally lists the messages with their labels; should one come without
+        # them, the labels are read back in one threads.get rather than answered as an empty thread.
+        result = client.execute(lambda: users.threads().get(userId="me", id=target, format="minimal"))
     return result if isinstance(result, dict) else {}
 
 
