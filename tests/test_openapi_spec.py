@@ -174,3 +174,24 @@ def test_security_is_a_bearer_id_token(spec: dict[str, Any]) -> None:
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert spec["security"] == [{"googleIdToken": []}]
     assert "http://localhost:8080" in [s["url"] for s in spec["servers"]]
+
+
+def test_no_mapping_repeats_a_key() -> None:
+    # yaml.safe_load keeps the last of two equal keys silently; a merge of two branches can leave both.
+    repeated: list[tuple[str, int]] = []
+
+    def walk(node: yaml.Node) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in seen:
+                        repeated.append((key.value, key.start_mark.line + 1))
+                    seen.add(key.value)
+                walk(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item)
+
+    walk(yaml.compose(SPEC_PATH.read_text()))
+    assert repeated == []
