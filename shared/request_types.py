@@ -231,3 +231,50 @@ class ListLabelsRequest(UserRequest):
     include_counts: bool = False
 
     FIELDS: ClassVar[dict[str, Field]] = {**USER_FIELDS, "include_counts": Field("bool", default=False)}
+
+
+WATCH_ACTIONS = ("start", "stop")
+
+
+@dataclass(frozen=True)
+class WatchMailboxRequest(UserRequest):
+    """``watch_mailbox``: start (the default) or stop this robeing's new-mail watch of the user's mailbox."""
+
+    action: str = "start"
+    label_ids: list[str] | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "user_id": ident(100, required=True),
+        "robeing_id": ident(50, required=True),
+        "action": Field("str", min_length=1, max_length=16, default="start"),
+        "label_ids": Field("str_list", max_length=50),
+    }
+
+
+@dataclass(frozen=True)
+class ListEventsRequest(Request):
+    """``list_events``: a robeing's queued events after a cursor."""
+
+    robeing_id: str = ""
+    after: str | None = None
+    limit: int = 100
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "robeing_id": ident(50, required=True),
+        "after": Field("str", min_length=1, max_length=32),
+        "limit": Field("int", minimum=1, maximum=500, default=100),
+    }
+
+
+@dataclass(frozen=True)
+class GmailPushRequest(Request):
+    """``gmail_push``: Gmail's notification, the JSON object base64-encoded in the Pub/Sub message's data
+    (``{"emailAddress", "historyId"}``, read into these fields by ``shared.events.push.parse``)."""
+
+    email_address: str = ""
+    history_id: int = 0
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "email_address": Field("str", required=True, min_length=3, max_length=320),
+        "history_id": Field("int", required=True, minimum=1, maximum=2**64 - 1),
+    }
