@@ -238,7 +238,10 @@ def test_send_draft_sends_it_and_answers_like_send_email(client, drafter, gmail,
         "thread_id": draft["thread_id"],
         "label_ids": ["SENT"],
     }
-    assert gmail.sent_messages() == [raw]
+    # The draft went out as it was written; Gmail put the mailbox's address in the From it left open.
+    assert gmail.sent_messages() == [f"From: {MAILBOX}\r\n".encode() + raw]
+    assert b"\r\nFrom:" not in raw and not raw.startswith(b"From:")
+    assert gmail.count("GET", r"/profile$") == 0, "no display name: no profile lookup"
     assert gmail.drafts() == {}
     assert audit_actions(conn) == [audit.CREATE_DRAFT, audit.SEND_DRAFT]
 
@@ -379,7 +382,7 @@ def test_token_without_a_drafts_scope_is_403_with_required_scopes_before_gmail(
 def test_gmail_403_for_scopes_is_403_with_required_scopes(client, user_token, conn, gmail):
     row_id = user_token("alice", expires_in=3600, scopes=())  # nothing stored: Gmail decides
     gmail.allow_token(row(conn, row_id)["token_data"]["access_token"])
-    gmail.fail_next(r"/profile$", 403, reason="insufficientPermissions")
+    gmail.fail_next(CREATE_PATH, 403, reason="insufficientPermissions", method="POST")
 
     response = create(client, to="a@example.com")
 

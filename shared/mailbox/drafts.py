@@ -54,10 +54,10 @@ def create_draft(args: CreateDraftRequest, call: Call) -> dict[str, Any]:
             found = send.search(client, resume_message_id, _find_draft)
             if found is not None:
                 return found
-        address = send.sender(client, record)
-        message_id = resume_message_id or compose.new_message_id(
-            address.rpartition("@")[2] or "skill-email.local"
-        )
+        # As for a send: the address is looked up only for a display name; else Gmail sets From.
+        address = send.sender(client, record) if mail.from_name else None
+        domain = address.rpartition("@")[2] if address else ""
+        message_id = resume_message_id or compose.new_message_id(domain or send.MESSAGE_ID_DOMAIN)
         note(message_id)
         raw, thread_id = send.compose_raw(client, mail, address, message_id, args)
         try:

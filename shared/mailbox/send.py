@@ -34,6 +34,9 @@ UNKNOWN_OUTCOME_WAIT_S = 2.0
 # The mailbox address changes only when a person reconnects another account; Gmail rewrites a From
 # that is not the account's own anyway, so a short cache is safe and saves a round trip per send.
 SENDER_CACHE_S = 600.0
+# The right side of our Message-IDs when the mailbox's address is not known (a send without from_name
+# never asks Gmail for it): any domain-like name keeps the id unique; the random left side does the rest.
+MESSAGE_ID_DOMAIN = "skill-email.local"
 
 _senders: dict[tuple[str, int | None], tuple[str, float]] = {}
 _senders_lock = threading.Lock()
@@ -74,8 +77,12 @@ def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
                 client,
                 record,
             ):
-                address = sender(client, record)
-                message_id = compose.new_message_id(address.rpartition("@")[2] or "skill-email.local")
+                # Without a display name, From is left to Gmail, which sets the mailbox's own address:
+                # no profile lookup (one Gmail round trip) before a first send. A display name needs
+                # the address itself, looked up once per user and instance.
+                address = sender(client, record) if mail.from_name else None
+                domain = address.rpartition("@")[2] if address else ""
+                message_id = compose.new_message_id(domain or MESSAGE_ID_DOMAIN)
                 if key is not None:
                     assert session.conn is not None
                     claim = idempotency.claim(
@@ -123,13 +130,14 @@ def _replay(
 def compose_raw(
     client: GmailClient,
     mail: request.OutgoingMail,
-    sender_address: str,
+    sender_address: str | None,
     message_id: str,
     args: SendEmailRequest,
 ) -> tuple[bytes, str | None]:
     """The message as the bytes Gmail takes, and the thread it belongs in (send_email, create_draft).
 
     ``reply_to_message_id`` is read (its headers only) to thread the reply; ``thread_id`` wins when given.
+    Without ``sender_address`` the From header is left to Gmail (the mailbox's own address).
 
     Raises:
         NotFound: ``reply_to_message_id`` names no message of this mailbox.
@@ -146,7 +154,7 @@ def compose_raw(
 def _send(
     client: GmailClient,
     mail: request.OutgoingMail,
-    sender_address: str,
+    sender_address: str | None,
     message_id: str,
     args: SendEmailRequest,
 ) -> dict[str, Any]:

@@ -44,10 +44,12 @@ default layout) or "data_first".
 
 Known simplifications: `format=metadata` returns `payload` as {"mimeType", "headers"} only (as Gmail does);
 header values are returned exactly as in the raw message (RFC 2047 encoded words NOT decoded, like Gmail);
-`snippet` is the first 200 characters of the text, HTML-escaped (`'` -> `&#39;`), like Gmail; sending does
-not add a Message-ID or rewrite From; threading uses only the `threadId` given (else a new thread). Trash
-adds `TRASH` and untrash removes it, other labels untouched; `modify` refuses ids that are no label (400
-"Invalid label"); a draft's message carries `DRAFT` only and becomes `SENT` only when sent.
+`snippet` is the first 200 characters of the text, HTML-escaped (`'` -> `&#39;`), like Gmail; sending a
+message without From adds `From: <the mailbox's address>`, as Gmail does (the sent copy and the delivered
+mail carry the account's address); sending does not add a Message-ID or rewrite a From given; threading
+uses only the `threadId` given (else a new thread). Trash adds `TRASH` and untrash
+removes it, other labels untouched; `modify` refuses ids that are no label (400 "Invalid label"); a
+draft's message carries `DRAFT` only and becomes `SENT` only when sent (gaining a From, as a send does).
 """
 
 from __future__ import annotations
@@ -591,6 +593,9 @@ class FakeGmail(GmailWatchMixin, FakeServer):
         parsed = email.message_from_bytes(raw)
         if not any(parsed.get(name, "").strip() for name in ("To", "Cc", "Bcc")):
             return google_error(400, "Recipient address required", "invalidArgument")
+        if "From" not in parsed:
+            raw = f"From: {mailbox.email_address}\r\n".encode("ascii") + raw
+            parsed = email.message_from_bytes(raw)
         if thread_id and not any(m.thread_id == thread_id for m in mailbox.messages.values()):
             return google_error(404, "Requested entity was not found.", "notFound")
         stored = self._store(mailbox, raw, parsed, ["SENT"], thread_id, int(time.time() * 1000))
@@ -725,6 +730,9 @@ class FakeGmail(GmailWatchMixin, FakeServer):
             return google_error(400, "Invalid To header", "invalidArgument")
         del mailbox.drafts[draft_id]
         mailbox.history_id += 1
+        if "From" not in stored.parsed:  # as messages.send: Gmail sets the mailbox's own address
+            stored.raw = f"From: {mailbox.email_address}\r\n".encode("ascii") + stored.raw
+            stored.parsed = email.message_from_bytes(stored.raw)
         stored.labels = ["SENT"]
         stored.history_id = mailbox.history_id
         mailbox.sent.append(stored.raw)
