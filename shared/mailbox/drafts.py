@@ -26,7 +26,7 @@ from googleapiclient.http import MediaIoBaseUpload
 
 from shared import audit, idempotency
 from shared.errors import NotFound, PayloadTooLarge, SkillEmailError, Unavailable
-from shared.gmail import MAX_MESSAGE_BYTES, SIMPLE_SEND_MAX_BYTES, GmailClient, SendOutcomeUnknown
+from shared.gmail import MAX_MESSAGE_BYTES, SIMPLE_SEND_MAX_BYTES, GmailClient, SendOutcomeUnknown, resource
 from shared.mailbox import send
 from shared.mailbox.session import gmail_client, record_audit
 from shared.mime import compose, request
@@ -87,7 +87,7 @@ def _create(client: GmailClient, raw: bytes, thread_id: str | None) -> dict[str,
     message: dict[str, Any] = {"threadId": thread_id} if thread_id else {}
 
     def make() -> Any:
-        drafts = client.service.users().drafts()
+        drafts = _drafts(client)
         if len(raw) <= SIMPLE_SEND_MAX_BYTES:
             encoded = base64.urlsafe_b64encode(raw).decode()
             return drafts.create(userId="me", body={"message": {**message, "raw": encoded}})
@@ -97,10 +97,15 @@ def _create(client: GmailClient, raw: bytes, thread_id: str | None) -> dict[str,
     return client.execute_once(make)
 
 
+def _drafts(client: GmailClient) -> Any:
+    """The users.drafts Resource, built once per instance (``gmail.resource``)."""
+    return resource(client.endpoint, "users", "drafts")
+
+
 def _find_draft(client: GmailClient, message_id: str) -> dict[str, Any] | None:
     """The draft whose message carries our Message-ID, if Gmail has one (``drafts.list`` with ``q``)."""
     query = f"rfc822msgid:{message_id.strip('<>')}"
-    listed = client.execute(lambda: client.service.users().drafts().list(userId="me", q=query, maxResults=1))
+    listed = client.execute(lambda: _drafts(client).list(userId="me", q=query, maxResults=1))
     drafts = listed.get("drafts") if isinstance(listed, dict) else None
     return drafts[0] if drafts else None
 
@@ -124,7 +129,7 @@ def send_draft(args: SendDraftRequest, call: Call) -> dict[str, Any]:
                 return found
         try:
             draft = client.execute(
-                lambda: client.service.users().drafts().get(userId="me", id=args.draft_id, format="metadata")
+                lambda: _drafts(client).get(userId="me", id=args.draft_id, format="metadata")
             )
         except NotFound as exc:
             if resume_message_id:
@@ -141,9 +146,7 @@ def send_draft(args: SendDraftRequest, call: Call) -> dict[str, Any]:
         if message_id:
             note(message_id)
         try:
-            return client.execute_once(
-                lambda: client.service.users().drafts().send(userId="me", body={"id": args.draft_id})
-            )
+            return client.execute_once(lambda: _drafts(client).send(userId="me", body={"id": args.draft_id}))
         except SendOutcomeUnknown as exc:
             if message_id is None:
                 raise Unavailable(

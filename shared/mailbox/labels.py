@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import audit
 from shared.errors import InvalidArgument, SkillEmailError
-from shared.gmail import GmailClient
+from shared.gmail import GmailClient, resource
 from shared.mailbox.session import gmail_client, record_audit
 from shared.request_types import ListLabelsRequest
 from shared.tokens import provider
@@ -29,7 +29,8 @@ SYSTEM_LABEL_IDS = frozenset(
 
 def fetch_labels(client: GmailClient) -> list[dict[str, Any]]:
     """The mailbox's labels, system and user, as ``labels.list`` gives them (one request)."""
-    listed = client.execute(lambda: client.service.users().labels().list(userId="me"))
+    labels = resource(client.endpoint, "users", "labels")
+    listed = client.execute(lambda: labels.list(userId="me"))
     labels = listed.get("labels") if isinstance(listed, dict) else None
     return [label for label in labels or [] if isinstance(label, dict) and label.get("id")]
 
@@ -93,7 +94,7 @@ def list_labels(args: ListLabelsRequest, call: Call) -> dict[str, Any]:
                 resources = fetch_labels(client)
                 counted: dict[str, dict[str, Any]] | None = None
                 if args.include_counts and resources:
-                    labels = client.service.users().labels()
+                    labels = resource(client.endpoint, "users", "labels")
                     ids = [str(resource["id"]) for resource in resources]
                     details = client.batch_get(ids, lambda label_id: labels.get(userId="me", id=label_id))
                     counted = {str(detail.get("id")): detail for detail in details}

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared import audit
+from shared import audit, gmail
 from shared.errors import InvalidArgument, SkillEmailError
 from shared.gmail import GmailClient
 from shared.mailbox.labels import LabelIds
@@ -105,22 +105,23 @@ def _apply(client: GmailClient, changes: _Changes, target: str, *, thread: bool)
     both = sorted(set(add) & set(remove))
     if both:
         raise InvalidArgument(f"label {both[0]!r} would be both added and removed")
-    users = client.service.users()
-    resource = users.threads() if thread else users.messages()
+    kind = "threads" if thread else "messages"
+    calls = gmail.resource(client.endpoint, "users", kind)
     result: Any = None
     # Out of the trash before relabelling, into it after: the last answer then shows the final state.
     if changes.trash is False:
-        result = client.execute(lambda: resource.untrash(userId="me", id=target))
+        result = client.execute(lambda: calls.untrash(userId="me", id=target))
     if add or remove:
         body = {"addLabelIds": add, "removeLabelIds": remove}
-        result = client.execute(lambda: resource.modify(userId="me", id=target, body=body))
+        result = client.execute(lambda: calls.modify(userId="me", id=target, body=body))
     if changes.trash is True:
-        result = client.execute(lambda: resource.trash(userId="me", id=target))
+        result = client.execute(lambda: calls.trash(userId="me", id=target))
     result = result if isinstance(result, dict) else {}
     if thread and not result.get("messages"):
         # Gmail's Thread answer normally lists the messages with their labels; should one come without
         # them, the labels are read back in one threads.get rather than answered as an empty thread.
-        result = client.execute(lambda: users.threads().get(userId="me", id=target, format="minimal"))
+        threads = gmail.resource(client.endpoint, "users", "threads")
+        result = client.execute(lambda: threads.get(userId="me", id=target, format="minimal"))
     return result if isinstance(result, dict) else {}
 
 
