@@ -1,4 +1,4 @@
-"""``python -m devtools.serve``: every function on one port, over an embedded PostgreSQL.
+"""``python -m devtools.serve``: every target of the registry on one port, over an embedded PostgreSQL.
 
 Each target is functions-framework's own app (``create_app(target=NAME, source="main.py")``) mounted
 under ``/NAME`` with werkzeug's ``DispatcherMiddleware``, so a request goes through exactly the code a
