@@ -131,7 +131,7 @@ def test_serve_mounts_every_target_and_an_index(serving: Served) -> None:
 def test_serve_help_shows_plain_text() -> None:
     text = serve.build_parser().format_help()
     assert "``" not in text
-    assert "python -m devtools.serve: every function on one port" in text
+    assert "python -m devtools.serve: every target of the registry on one port" in text
 
 
 def test_serve_keeps_its_data_across_runs_and_restarts_at_once_on_the_same_ports(work_dir: Path) -> None:
