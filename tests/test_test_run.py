@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
+from devtools.embedded_pg import EmbeddedPostgres
 from tests.conftest import ROOT
 from tests.serving import scratch_dir
 
@@ -37,3 +40,15 @@ def test_a_test_run_leaves_no_temporary_folder_behind() -> None:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "1 passed" in done.stdout
         assert sorted(path.name for path in tmpdir.iterdir()) == []
+
+
+def test_destroying_a_throwaway_server_removes_the_folder_made_for_it() -> None:
+    # Fixtures elsewhere (tests/test_faults.py, the push tests, the benchmarks) make mkdtemp() / "pgdata".
+    with scratch_dir("skill-email-keep-") as other:
+        made = Path(tempfile.mkdtemp(prefix="skill-email-throwaway-"))
+        EmbeddedPostgres(made / "pgdata").destroy()
+        assert not made.exists()
+        (other / "pgdata").mkdir()
+        (other / "notes.txt").write_text("not the server's")
+        EmbeddedPostgres(other / "pgdata").destroy()
+        assert sorted(path.name for path in other.iterdir()) == ["notes.txt"]
