@@ -8,6 +8,7 @@ Deploy with ``--entry-point NAME``; run locally with
 import importlib
 from typing import Any
 
+from shared import body_limit
 from shared.targets import TARGETS
 
 __all__ = [target.name for target in TARGETS]
@@ -19,3 +20,7 @@ def _entry_point(name: str, module: str) -> Any:
 
 for _target in TARGETS:
     globals()[_target.name] = _entry_point(_target.name, _target.module)
+
+# functions-framework runs this file inside the app it is building, for the one target it serves:
+# the body limit goes around that app before any request (see shared/body_limit.py for why here).
+body_limit.install()

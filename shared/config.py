@@ -27,10 +27,16 @@ TOKEN_KEYS = "TOKEN_KEYS"
 LOG_LEVEL = "LOG_LEVEL"
 GOOGLE_CLOUD_PROJECT = "GOOGLE_CLOUD_PROJECT"
 REFRESH_CONCURRENCY = "REFRESH_CONCURRENCY"
+CALLER_POLICY = "CALLER_POLICY"
+CALLER_AUDIENCES = "CALLER_AUDIENCES"
+ID_TOKEN_CERTS_URL = "ID_TOKEN_CERTS_URL"
 
 DEFAULT_GMAIL_API_ENDPOINT = "https://gmail.googleapis.com"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 TOKEN_PROVIDERS = ("database", "file")
+CALLER_POLICIES = ("off", "enforce")
+# Google's signing certificates for ID tokens, key id -> PEM certificate (google-auth's default too).
+DEFAULT_ID_TOKEN_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 # Workers of the scheduled refresh, each holding one database connection: 1,000 tokens behind a 100 ms
 # token endpoint take about 1000 * 0.1 / 16 = 6 s, and 16 connections fit a small Cloud SQL instance.
 DEFAULT_REFRESH_CONCURRENCY = 16
@@ -55,6 +61,9 @@ class Settings:
     log_level: str
     project: str | None
     refresh_concurrency: int
+    caller_policy: str = "off"
+    caller_audiences: tuple[str, ...] = ()
+    id_token_certs_url: str = DEFAULT_ID_TOKEN_CERTS_URL
 
 
 def _env(name: str) -> str | None:
@@ -78,6 +87,13 @@ def load_settings() -> Settings:
         raise ConfigError(f"{REFRESH_CONCURRENCY} must be a whole number") from None
     if not 1 <= concurrency <= 128:
         raise ConfigError(f"{REFRESH_CONCURRENCY} must be between 1 and 128")
+    policy = (_env(CALLER_POLICY) or "off").lower()
+    if policy not in CALLER_POLICIES:
+        raise ConfigError(f"{CALLER_POLICY} must be one of {', '.join(CALLER_POLICIES)}")
+    audiences = tuple(item.strip() for item in (_env(CALLER_AUDIENCES) or "").split(",") if item.strip())
+    if policy == "enforce" and not audiences:
+        # Without an audience any Google ID token minted for any other service would be accepted here.
+        raise ConfigError(f"{CALLER_AUDIENCES} must name this function's URL when {CALLER_POLICY}=enforce")
     return Settings(
         database_url=_env(DATABASE_URL),
         db_url_secret=_env(DB_URL_SECRET),
@@ -90,6 +106,9 @@ def load_settings() -> Settings:
         log_level=(_env(LOG_LEVEL) or "INFO").upper(),
         project=_env(GOOGLE_CLOUD_PROJECT),
         refresh_concurrency=concurrency,
+        caller_policy=policy,
+        caller_audiences=audiences,
+        id_token_certs_url=_env(ID_TOKEN_CERTS_URL) or DEFAULT_ID_TOKEN_CERTS_URL,
     )
 
 

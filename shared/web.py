@@ -16,7 +16,7 @@ from typing import Any
 
 import flask
 
-from shared import clock, config, logs, params, targets
+from shared import callers, clock, config, logs, params, targets
 from shared.errors import Internal, MethodNotAllowed, SkillEmailError
 
 logger = logging.getLogger("skill_email.request")
@@ -69,6 +69,8 @@ class Call:
     trace_id: str | None = None
     log: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=clock.monotonic)
+    # The verified caller (CALLER_POLICY=enforce), None under off.
+    caller: callers.Caller | None = None
 
     def duration_ms(self) -> int:
         """Milliseconds since the request arrived."""
@@ -106,9 +108,11 @@ def http_function(name: str) -> Callable[[Handler], Callable[[flask.Request], An
             call = Call(target=name, trace_id=_trace(request))
             context = call.log_context()
             token = logs.request_context.set(context)
+            caller_token = callers.current.set(None)
             try:
                 response = _respond(handle, request, target, call)
             finally:
+                callers.current.reset(caller_token)
                 logs.request_context.reset(token)
             level = logging.ERROR if response.status_code >= 500 else logging.INFO
             log_fields = {
@@ -135,10 +139,18 @@ def _respond(handle: Handler, request: flask.Request, target: targets.Target, ca
                 f"{request.method} is not allowed here; use {' or '.join(target.methods)}",
                 allowed=target.methods,
             )
+        # Who is asking comes first, and what they may do is settled before the handler runs: a refused
+        # caller never reaches the token store, the token endpoint or Gmail.
+        settings = config.load_settings()
+        call.caller = callers.authenticate(request.headers.get("Authorization"), settings)
+        if call.caller is not None:
+            callers.current.set(call.caller)
+            call.log["caller"] = call.caller.email
         args = params.parse(request, target.request, max_body=target.max_body)
         for name in ("user_id", "robeing_id"):
             if getattr(args, name, None) is not None:
                 call.log[name] = getattr(args, name)
+        callers.authorize(call.caller, target, args)
         result = handle(args, call)
         if isinstance(result, flask.Response):
             return result
