@@ -1,5 +1,6 @@
-"""send_email as multipart/form-data (CONTRACT.md, Limits that hold in production), through functions-
-framework: a ``json`` part with the fields and one file part per attachment, the bytes arriving in Gmail unchanged."""
+"""send_email as multipart/form-data (CONTRACT.md, Limits that hold in production) through
+functions-framework: a ``json`` part with the fields and one file part per attachment, the bytes
+arriving in Gmail unchanged."""
 
 from __future__ import annotations
 
