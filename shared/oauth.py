@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,7 @@ TOKEN_TIMEOUT_S = (3.05, 10.0)
 # Worst case: 3 attempts x (3 + 10) s + 1.5 s, under the functions' 60 s timeout.
 TRANSPORT_ATTEMPTS = 3
 TRANSPORT_BACKOFF_S = 0.5
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 
 
 class _BoundedRequest(google.auth.transport.requests.Request):
@@ -105,7 +107,9 @@ def refresh_access_token(
             credentials.refresh(auth_request())
             break
         except google.auth.exceptions.RefreshError as exc:
-            raise _classify_refresh_error(exc) from exc
+            # from None: google-auth puts the endpoint's whole answer in the RefreshError, and a
+            # traceback would carry it into the log; the error code is in our message instead.
+            raise _classify_refresh_error(exc) from None
         except google.auth.exceptions.TransportError as exc:
             if attempt == TRANSPORT_ATTEMPTS:
                 logger.warning(
@@ -124,13 +128,19 @@ def refresh_access_token(
 
 def _classify_refresh_error(exc: google.auth.exceptions.RefreshError) -> Exception:
     data = exc.args[1] if len(exc.args) > 1 else None
-    error = data.get("error") if isinstance(data, dict) else None
+    raw_error = data.get("error") if isinstance(data, dict) else None
+    # Only an OAuth error code's shape (RFC 6749: a short ASCII word) travels on, never free text.
+    error = raw_error if isinstance(raw_error, str) and _ERROR_CODE.fullmatch(raw_error) else None
     if error == "invalid_grant":
         return ReauthRequired("Google refused the refresh token: reconnect Gmail", reason="invalid_grant")
     if getattr(exc, "retryable", False):
         logger.warning("token endpoint kept failing: %s", error or "no error code")
-        return Unavailable("Google's token endpoint is failing; try again later")
+        return Unavailable(
+            f"Google's token endpoint is failing ({error or 'no error code'}); try again later"
+        )
     logger.warning("token endpoint refused the refresh: %s", error or "unexpected answer")
     if error in ("invalid_client", "unauthorized_client"):
         return UpstreamError(f"Google refused the stored OAuth client ({error})")
-    return UpstreamError("Google's token endpoint answered something unexpected")
+    return UpstreamError(
+        f"Google's token endpoint answered something unexpected ({error or 'no error code'})"
+    )
