@@ -115,7 +115,7 @@ class FakeTlsPostgres:
             with conn:
                 conn.settimeout(5)
                 try:
-                    length, code = struct.unpack("!ii", conn.recv(8))
+                    _length, code = struct.unpack("!ii", conn.recv(8))
                     if code != SSL_REQUEST_CODE:
                         continue
                     conn.sendall(b"S")
