@@ -329,9 +329,9 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         issued |= fake.issued_secrets()
     FakeServer.instances.clear()
     issued = {value for value in issued if len(value) >= MIN_SECRET_CHARS}
-    for kind, texts in (("log line", handler.lines), ("answer", ANSWERS)):
+    for kind, texts in (("a log line", handler.lines), ("an answer", ANSWERS)):
         leaked = [(value, text) for text in texts for value in issued if value in text]
-        assert not leaked, f"a secret reached a {kind}: {leaked[0][1][:300]}"
+        assert not leaked, f"a secret reached {kind}: {leaked[0][1][:300]}"
 
 
 @pytest.fixture
