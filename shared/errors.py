@@ -38,6 +38,10 @@ class Unauthenticated(SkillEmailError):
     status = 401
     code = "unauthenticated"
 
+    def headers(self) -> dict[str, str]:
+        # RFC 6750: a 401 for a bearer-token resource names the scheme it wants.
+        return {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
 
 class ReauthRequired(SkillEmailError):
     """Google refused the refresh token (invalid_grant): the user must reconnect Gmail."""

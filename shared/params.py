@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Request as FlaskRequest
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
 from shared.errors import InvalidArgument, PayloadTooLarge
@@ -130,12 +130,23 @@ def _body_object(request: FlaskRequest, request_type: type[Request], max_body: i
         # Checked before the body is read: a POST that is not JSON never starts anything, even empty.
         accepted = f"{JSON_TYPE} or {MULTIPART_TYPE}" if files_field else JSON_TYPE
         raise InvalidArgument(f"a POST body must be JSON with Content-Type: {accepted}")
-    body = request.get_data(cache=False)
+    body = _read_body(request)
     if len(body) > max_body:
         raise PayloadTooLarge(f"the request body is over {max_body} bytes")
     if not body.strip():
         return {}
     return _json_value(body, "the body")
+
+
+def _read_body(request: FlaskRequest) -> bytes:
+    try:
+        return request.get_data(cache=False)
+    except (OSError, ClientDisconnected):
+        # The client stopped sending mid-body (gunicorn's NoMoreData is an OSError, werkzeug's server
+        # raises ClientDisconnected): the client's doing, not a bug of ours. An empty stream in its
+        # place keeps functions-framework's read_request from failing the same way after us.
+        request.stream = io.BytesIO()
+        raise InvalidArgument("the request body ended before its declared end") from None
 
 
 def _json_value(body: bytes | str, what: str) -> dict[str, Any]:
@@ -179,6 +190,8 @@ def _multipart_object(request: FlaskRequest, files_field: str, max_body: int) ->
         _, form, files = parser.parse(request.stream, MULTIPART_TYPE, request.content_length, options)
     except RequestEntityTooLarge:
         raise PayloadTooLarge(f"the request body is over {max_body} bytes") from None
+    except (OSError, ClientDisconnected):
+        raise InvalidArgument("the request body ended before its declared end") from None
     except ValueError as exc:
         raise InvalidArgument(f"the multipart/form-data body is malformed: {exc}") from None
     unknown = sorted((set(form) | set(files)) - {JSON_PART, files_field})

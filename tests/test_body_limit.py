@@ -231,3 +231,17 @@ def test_a_300_mb_body_never_reaches_the_servers_memory(gunicorn_server, target,
     assert sent < 32 * 1024 * 1024, sent
     growth_kib = _peak_rss_kib(worker) - before
     assert growth_kib < 8 * 1024, f"the worker's peak memory grew by {growth_kib} KiB"
+
+
+@pytest.mark.parametrize("server", ["werkzeug", "gunicorn"])
+def test_a_body_cut_short_is_400_not_a_500(serve, gunicorn_server, server):
+    port = serve("token_status") if server == "werkzeug" else gunicorn_server("token_status")[0]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"user_id": '
+        )
+        sock.shutdown(socket.SHUT_WR)  # the client stops sending, 988 bytes short
+        status, _, body = _read_answer(sock)
+    assert status == 400
+    assert json.loads(body)["error"]["code"] == "invalid_argument"

@@ -48,6 +48,7 @@ def test_enforce_without_a_token_is_401(client, enforce, listed):
     response = client("token_status").get("/?user_id=alice")
     assert error(response)[:2] == (401, "unauthenticated")
     assert "Authorization: Bearer" in error(response)[2]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 @pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer not-a-jwt", "Bearer a.b.c"])
