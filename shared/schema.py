@@ -120,6 +120,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         6,
+        "index for the audit log's retention purge",
+        (
+            # The scheduled run deletes the oldest rows in batches; without this index each batch would
+            # scan the whole table (the other index leads with user_id). CONCURRENTLY: the table is live.
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS gmail_audit_logs_created_idx "
+            "ON gmail_audit_logs (created_at)",
+        ),
+        transactional=False,
+    ),
+    Migration(
+        7,
         "callers allow-list, and the caller of each audit row",
         (
             # One role per caller email (CONTRACT.md, Callers); robeing_ids only for the robeing role.
