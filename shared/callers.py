@@ -273,7 +273,7 @@ def authenticate(authorization: str | None, settings: config.Settings) -> Caller
         raise Unauthenticated("the ID token's email is malformed") from None
     caller = allow_list.lookup(email)
     if caller is None:
-        raise PermissionDenied(f"{email} is not on this service's callers list")
+        raise PermissionDenied(f"{email} is not on this service's callers list", caller_email=email)
     return caller
 
 

@@ -157,6 +157,9 @@ def _respond(handle: Handler, request: flask.Request, target: targets.Target, ca
         return json_response(result)
     except SkillEmailError as error:
         call.log["error_code"] = error.code
+        refused = error.details.get("caller_email")
+        if isinstance(refused, str):
+            call.log.setdefault("caller", refused)  # a verified caller who is not on the list
         if error.status >= 500:
             logger.error("%s: %s", error.code, error.message, exc_info=error.__cause__ is not None)
             if isinstance(error, Internal):

@@ -171,9 +171,11 @@ def test_an_unknown_policy_is_refused_loudly(client, monkeypatch):
 # -- 403: the allow-list and the roles -------------------------------------------------------------------
 
 
-def test_a_valid_token_not_on_the_list_is_403(client, enforce, listed):
+def test_a_valid_token_not_on_the_list_is_403_and_the_log_names_it(client, enforce, listed, log_lines):
     response = post(client, "token_status", {"user_id": "alice"}, enforce.mint(STRANGER, AUDIENCE))
     assert error(response)[:2] == (403, "permission_denied")
+    [request_line] = [line for line in log_lines if "POST token_status 403" in line]
+    assert f'"caller": "{STRANGER}"' in request_line
 
 
 def test_emails_match_whatever_their_case(client, enforce, listed):
