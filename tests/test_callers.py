@@ -3,6 +3,8 @@ checked by google-auth itself, through functions-framework, against the real Pos
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +36,15 @@ def bearer(token: str) -> dict[str, str]:
 
 def post(client: Callable[[str], Any], target: str, body: dict[str, Any], token: str | None) -> Any:
     return client(target).post("/", json=body, headers=bearer(token) if token else {})
+
+
+def tampered(token: str) -> str:
+    """The token with its claims rewritten to name the operator, the signature left as it was."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["email"] = OPERATOR
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
 
 
 def error(response: Any) -> tuple[int, str, str]:
@@ -72,6 +83,8 @@ def test_either_audience_of_caller_audiences_is_accepted(client, enforce, listed
     [
         (lambda fake: fake.mint(OPERATOR, "https://another-service.a.run.app"), "audience"),
         (lambda fake: fake.mint(OPERATOR, AUDIENCE, issued_at=int(time.time()) - 7200), "expired"),
+        (lambda fake: fake.mint(OPERATOR, AUDIENCE, issued_at=int(time.time()) + 600), "too early"),
+        (lambda fake: tampered(fake.mint(STRANGER, AUDIENCE)), "signature"),
         (lambda fake: fake.mint(OPERATOR, AUDIENCE, issuer="https://evil.example.com"), "issued by Google"),
         (lambda fake: fake.mint(OPERATOR, AUDIENCE, issuer="accounts.google.com.evil"), "issued by Google"),
         # The right key id, but signed by a key Google never published: a forged token.
