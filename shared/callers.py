@@ -150,7 +150,9 @@ def _fetch_certs(url: str) -> tuple[dict[str, str], float]:
         logger.error("ID token certificates unusable: HTTP %s", response.status_code)
         raise Unavailable("Google's ID token certificates could not be read")
     match = _MAX_AGE.search(response.headers.get("Cache-Control", ""))
-    max_age = min(float(match.group(1)), MAX_CERTS_MAX_AGE_S) if match else DEFAULT_CERTS_MAX_AGE_S
+    max_age = float(match.group(1)) if match else DEFAULT_CERTS_MAX_AGE_S
+    # Bounded both ways: a max-age=0 must not turn every request into a fetch.
+    max_age = min(max(max_age, UNKNOWN_KID_REFETCH_S), MAX_CERTS_MAX_AGE_S)
     return dict(payload), max_age
 
 
