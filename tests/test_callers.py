@@ -405,3 +405,19 @@ def test_fake_certs_are_what_google_auth_verifies_with(google_certs: FakeGoogleC
     )
     assert claims["email"] == OPERATOR
     assert claims["iss"] == "https://accounts.google.com"
+
+
+def test_certificates_are_fetched_again_once_their_max_age_passes(client, enforce, listed, monkeypatch):
+    from tests.fakes.google_certs import MAX_AGE_S
+
+    start = clock.monotonic()
+    now = [start]
+    monkeypatch.setattr(clock, "monotonic", lambda: now[0])
+    token = enforce.mint(OPERATOR, AUDIENCE)
+    assert post(client, "token_status", {"user_id": "x"}, token).status_code == 404
+    now[0] = start + MAX_AGE_S - 1
+    assert post(client, "token_status", {"user_id": "x"}, token).status_code == 404
+    assert enforce.count("GET", CERTS_PATH) == 1
+    now[0] = start + MAX_AGE_S + 1  # Google's max-age passed: a key it retired must not stay trusted
+    assert post(client, "token_status", {"user_id": "x"}, token).status_code == 404
+    assert enforce.count("GET", CERTS_PATH) == 2
