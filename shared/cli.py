@@ -294,9 +294,8 @@ def _add_callers_commands(commands: Any) -> None:
     add.add_argument("--role", required=True, choices=callers.ROLES)
     add.add_argument(
         "--robeing-id",
-        action="extend",
-        nargs="+",
-        help="with --role robeing: the robeing ids it may act for (repeatable)",
+        action="append",
+        help="with --role robeing: a robeing id it may act for; repeat it for several",
     )
     add.set_defaults(run=cmd_callers_add)
     remove = actions.add_parser("remove", help="remove a caller")
