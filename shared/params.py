@@ -45,7 +45,7 @@ FALSE_WORDS = frozenset({"false", "0", "no"})
 
 @dataclass(frozen=True)
 class Field:
-    """One accepted field: its kind (``str``, ``int``, ``bool``, ``str_list``, ``any``) and bounds."""
+    """One accepted field: its kind (str, int, bool, str_list, int_list, any) and its bounds."""
 
     kind: str
     required: bool = False
@@ -194,7 +194,8 @@ def _multipart_object(request: FlaskRequest, files_field: str, max_body: int) ->
         raise InvalidArgument("the request body ended before its declared end") from None
     except ValueError as exc:
         raise InvalidArgument(f"the multipart/form-data body is malformed: {exc}") from None
-    unknown = sorted((set(form) | set(files)) - {JSON_PART, files_field})
+    # A part without a name comes back under None.
+    unknown = sorted(repr(name) for name in (set(form) | set(files)) - {JSON_PART, files_field})
     if unknown:
         raise InvalidArgument(
             f"unknown multipart part: {unknown[0]} (expected {JSON_PART} and {files_field})"
@@ -268,6 +269,14 @@ def _check(name: str, spec: Field, value: Any, from_query: bool) -> Any:
                 return False
         if not isinstance(value, bool):
             raise InvalidArgument(f"{name}: must be true or false")
+        return value
+    if spec.kind == "int_list":
+        if not isinstance(value, list) or not all(
+            isinstance(item, int) and not isinstance(item, bool) and item >= 1 for item in value
+        ):
+            raise InvalidArgument(f"{name}: must be a list of positive whole numbers")
+        if not value or (spec.max_length is not None and len(value) > spec.max_length):
+            raise InvalidArgument(f"{name}: 1 to {spec.max_length} items")
         return value
     if spec.kind == "str_list":
         items = value.split(",") if from_query and isinstance(value, str) else value

@@ -209,6 +209,8 @@ def test_emails_match_whatever_their_case(client, enforce, listed):
         (ROBEING, "refresh_tokens", {}, False),
         (SCHEDULER, "refresh_tokens", {}, True),
         (SCHEDULER, "refresh_tokens", {"window_seconds": 600}, True),
+        (SCHEDULER, "refresh_tokens", {"row_ids": [12345]}, True),  # a slice queued on Cloud Tasks
+        (ROBEING, "refresh_tokens", {"row_ids": [12345]}, False),
         (SCHEDULER, "refresh_tokens", {"user_id": "u"}, False),
         (SCHEDULER, "token_status", {"user_id": "u"}, False),
         (SCHEDULER, "send_email", {"user_id": "u", "to": "a@b.c"}, False),
