@@ -98,6 +98,53 @@ class ListEmailsRequest(UserRequest):
     }
 
 
+# Gmail ids are short hex strings; attachment ids are long tokens (Gmail's run to ~1,000 characters).
+MAX_ID_CHARS = 256
+MAX_ATTACHMENT_ID_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class GetEmailRequest(UserRequest):
+    """``get_email``."""
+
+    message_id: str = ""
+    max_body_chars: int | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        "message_id": Field("str", required=True, min_length=1, max_length=MAX_ID_CHARS),
+        "max_body_chars": Field("int", minimum=1),
+    }
+
+
+@dataclass(frozen=True)
+class GetThreadRequest(UserRequest):
+    """``get_thread``."""
+
+    thread_id: str = ""
+    max_body_chars: int | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        "thread_id": Field("str", required=True, min_length=1, max_length=MAX_ID_CHARS),
+        "max_body_chars": Field("int", minimum=1),
+    }
+
+
+@dataclass(frozen=True)
+class GetAttachmentRequest(UserRequest):
+    """``get_attachment``: ``attachment_id`` as listed in a MESSAGE's ``attachments``."""
+
+    message_id: str = ""
+    attachment_id: str = ""
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        "message_id": Field("str", required=True, min_length=1, max_length=MAX_ID_CHARS),
+        "attachment_id": Field("str", required=True, min_length=1, max_length=MAX_ATTACHMENT_ID_CHARS),
+    }
+
+
 # The fields that describe the message itself. They are checked in depth by the MIME request parser
 # (addresses, base64, CR/LF), so here they are only declared; this is the one list of them.
 MAIL_FIELDS = ("to", "cc", "bcc", "subject", "body", "html", "attachments", "from_name", "reply_to")
@@ -133,3 +180,50 @@ class SendEmailRequest(UserRequest):
     def mail_fields(self) -> dict[str, Any]:
         """The message's fields that were given, for the MIME request parser."""
         return {name: getattr(self, name) for name in MAIL_FIELDS if getattr(self, name) is not None}
+
+
+WATCH_ACTIONS = ("start", "stop")
+
+
+@dataclass(frozen=True)
+class WatchMailboxRequest(UserRequest):
+    """``watch_mailbox``: start (the default) or stop this robeing's new-mail watch of the user's mailbox."""
+
+    action: str = "start"
+    label_ids: list[str] | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "user_id": ident(100, required=True),
+        "robeing_id": ident(50, required=True),
+        "action": Field("str", min_length=1, max_length=16, default="start"),
+        "label_ids": Field("str_list", max_length=50),
+    }
+
+
+@dataclass(frozen=True)
+class ListEventsRequest(Request):
+    """``list_events``: a robeing's queued events after a cursor."""
+
+    robeing_id: str = ""
+    after: str | None = None
+    limit: int = 100
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "robeing_id": ident(50, required=True),
+        "after": Field("str", min_length=1, max_length=32),
+        "limit": Field("int", minimum=1, maximum=500, default=100),
+    }
+
+
+@dataclass(frozen=True)
+class GmailPushRequest(Request):
+    """``gmail_push``: Gmail's notification, the JSON object base64-encoded in the Pub/Sub message's data
+    (``{"emailAddress", "historyId"}``, read into these fields by ``shared.events.push.parse``)."""
+
+    email_address: str = ""
+    history_id: int = 0
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "email_address": Field("str", required=True, min_length=3, max_length=320),
+        "history_id": Field("int", required=True, minimum=1, maximum=2**64 - 1),
+    }

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flask
+import functions_framework
 
 from shared import callers, clock, config, logs, params, targets
 from shared.errors import Internal, MethodNotAllowed, SkillEmailError
@@ -39,12 +40,16 @@ def _utf8_json(body: Any) -> bytes:
 
 
 def error_response(error: SkillEmailError) -> flask.Response:
-    """The contract's error body: ``{"error": {"code", "message"}}``."""
+    """The contract's error body: ``{"error": {"code", "message"}}``, plus the details it names."""
     body: dict[str, Any] = {"error": {"code": error.code, "message": error.message}}
     message_id = error.details.get("message_id")
     if isinstance(message_id, str):
         # The no-blind-resend rule answers "outcome unknown" with the Message-ID to look for.
         body["error"]["message_id"] = message_id
+    required_scopes = error.details.get("required_scopes")
+    if isinstance(required_scopes, list):
+        # A 403 for scopes names the scopes (full URLs), any one of which would do.
+        body["error"]["required_scopes"] = [str(scope) for scope in required_scopes]
     return json_response(body, error.status, error.headers())
 
 
@@ -127,7 +132,10 @@ def http_function(name: str) -> Callable[[Handler], Callable[[flask.Request], An
             )
             return response
 
-        return entry_point
+        # Declared as an HTTP function to functions-framework, as gmail_push declares itself a CloudEvent
+        # one: otherwise the signature type it stores in the environment for the last app created applies
+        # to the next, and one process serving several targets (devtools.serve, tests) mixes them up.
+        return functions_framework.http(entry_point)
 
     return decorate
 

@@ -26,6 +26,8 @@ from tests.fakes.google_certs import FakeGoogleCerts
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+# Fixtures of the new-mail tests (watchers' tokens, the Pub/Sub topic, a webhook receiver).
+pytest_plugins = ("tests.push_support",)
 TEST_DATABASE = "skill_email_test"
 
 # Every secret value a test creates is registered here, and every fake reports what it issued
@@ -89,7 +91,8 @@ def database_url(migrated_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """An empty, migrated database for this test, set as DATABASE_URL."""
     with db.connection(db.parse_database_url(migrated_url)) as conn:
         conn.run(
-            "TRUNCATE gmail_token, gmail_audit_logs, gmail_idempotency, skill_email_callers RESTART IDENTITY"
+            "TRUNCATE gmail_token, gmail_audit_logs, gmail_idempotency, gmail_mailbox_watch, gmail_watchers, "
+            "gmail_events, gmail_webhooks, skill_email_callers RESTART IDENTITY"
         )
     monkeypatch.setenv("DATABASE_URL", migrated_url)
     return migrated_url
@@ -342,6 +345,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         config.TOKEN_KEYS,
         config.GMAIL_API_ENDPOINT,
         config.GOOGLE_CLOUD_PROJECT,
+        config.PUBSUB_TOPIC,
+        config.WEBHOOK_RETRY_BASE_SECONDS,
         config.AUDIT_RETENTION_DAYS,
         config.CALLER_POLICY,
         config.CALLER_AUDIENCES,

@@ -385,8 +385,8 @@ def test_migration_is_additive_and_safe_to_rerun(conn):
     from shared import schema
 
     assert schema.migrate(conn) == []
-    conn.run("DELETE FROM skill_email_migrations WHERE version = 7")
-    assert schema.migrate(conn) == [7]
+    conn.run("DELETE FROM skill_email_migrations WHERE version = 10")
+    assert schema.migrate(conn) == [10]
     columns = {
         r["column_name"]
         for r in conn.run(
