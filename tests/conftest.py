@@ -315,9 +315,10 @@ class _RecordingClient(FlaskClient):
     def open(self, *args: Any, **kwargs: Any) -> Any:
         response = super().open(*args, **kwargs)
         headers = "\n".join(f"{name}: {value}" for name, value in response.headers.items())
-        # A streamed answer (an attachment's bytes) is left unread: reading it here would buffer it
-        # and change what the test sees; it carries a mailbox's content, never a credential.
-        body = "" if response.is_streamed else response.get_data().decode("utf-8", "replace")
+        # Our answers are JSON. Any other body (an attachment's bytes, streamed) is left unread: reading
+        # it here would buffer the stream the test checks; it is a mailbox's content, not a credential.
+        json_body = response.mimetype == "application/json"
+        body = response.get_data().decode("utf-8", "replace") if json_body else ""
         ANSWERS.append(headers + "\n" + body)
         return response
 
