@@ -207,6 +207,11 @@ def test_emails_match_whatever_their_case(client, enforce, listed):
         (ROBEING, "send_email", {"user_id": "u", "to": "a@b.c"}, False),
         (ROBEING, "refresh_tokens", {"user_id": "u", "robeing_id": "robeing-7"}, False),
         (ROBEING, "refresh_tokens", {}, False),
+        (ROBEING, "list_events", {"robeing_id": "robeing-9"}, True),
+        (ROBEING, "list_events", {"robeing_id": "robeing-8"}, False),  # only its own robeing ids
+        (SCHEDULER, "list_events", {"robeing_id": "robeing-7"}, False),
+        (ROBEING, "get_email", {"user_id": "u", "robeing_id": "robeing-8", "message_id": "m"}, False),
+        (ROBEING, "watch_mailbox", {"user_id": "u", "robeing_id": "robeing-8"}, False),
         (SCHEDULER, "refresh_tokens", {}, True),
         (SCHEDULER, "refresh_tokens", {"window_seconds": 600}, True),
         (SCHEDULER, "refresh_tokens", {"row_ids": [12345]}, True),  # a slice queued on Cloud Tasks
