@@ -173,3 +173,18 @@ def test_a_multipart_body_without_a_boundary_is_400(client, alice, gmail):
     response = client("send_email").post("/", data=b"x", content_type="multipart/form-data")
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "invalid_argument"
+
+
+def test_create_draft_takes_the_same_multipart_form(client, alice, gmail, conn):
+    conn.run(
+        "UPDATE gmail_token SET scopes = ARRAY['https://www.googleapis.com/auth/gmail.compose'] WHERE id = :id",
+        id=alice,
+    )
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 8
+    body = form(
+        fields(to="bob@example.com", subject="초안"),
+        part("attachments", pdf, filename="초안 자료.pdf", content_type="application/pdf"),
+    )
+    response = post_form(client, body, target="create_draft")
+    assert response.status_code == 200, response.get_json()
+    assert set(response.get_json()) == {"draft_id", "message_id", "thread_id"}
