@@ -176,10 +176,8 @@ def test_a_multipart_body_without_a_boundary_is_400(client, alice, gmail):
 
 
 def test_create_draft_takes_the_same_multipart_form(client, alice, gmail, conn):
-    conn.run(
-        "UPDATE gmail_token SET scopes = ARRAY['https://www.googleapis.com/auth/gmail.compose'] WHERE id = :id",
-        id=alice,
-    )
+    compose = "https://www.googleapis.com/auth/gmail.compose"
+    conn.run("UPDATE gmail_token SET scopes = ARRAY[:scope] WHERE id = :id", scope=compose, id=alice)
     pdf = b"%PDF-1.4\n" + bytes(range(256)) * 8
     body = form(
         fields(to="bob@example.com", subject="초안"),
