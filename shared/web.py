@@ -17,7 +17,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import clock, config, logs, params, targets
+from shared import callers, clock, config, logs, params, targets
 from shared.errors import Internal, MethodNotAllowed, SkillEmailError
 
 logger = logging.getLogger("skill_email.request")
@@ -74,6 +74,8 @@ class Call:
     trace_id: str | None = None
     log: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=clock.monotonic)
+    # The verified caller (CALLER_POLICY=enforce), None under off.
+    caller: callers.Caller | None = None
 
     def duration_ms(self) -> int:
         """Milliseconds since the request arrived."""
@@ -111,9 +113,11 @@ def http_function(name: str) -> Callable[[Handler], Callable[[flask.Request], An
             call = Call(target=name, trace_id=_trace(request))
             context = call.log_context()
             token = logs.request_context.set(context)
+            caller_token = callers.current.set(None)
             try:
                 response = _respond(handle, request, target, call)
             finally:
+                callers.current.reset(caller_token)
                 logs.request_context.reset(token)
             level = logging.ERROR if response.status_code >= 500 else logging.INFO
             log_fields = {
@@ -143,16 +147,27 @@ def _respond(handle: Handler, request: flask.Request, target: targets.Target, ca
                 f"{request.method} is not allowed here; use {' or '.join(target.methods)}",
                 allowed=target.methods,
             )
+        # Who is asking comes first, and what they may do is settled before the handler runs: a refused
+        # caller never reaches the token store, the token endpoint or Gmail.
+        settings = config.load_settings()
+        call.caller = callers.authenticate(request.headers.get("Authorization"), settings)
+        if call.caller is not None:
+            callers.current.set(call.caller)
+            call.log["caller"] = call.caller.email
         args = params.parse(request, target.request, max_body=target.max_body)
         for name in ("user_id", "robeing_id"):
             if getattr(args, name, None) is not None:
                 call.log[name] = getattr(args, name)
+        callers.authorize(call.caller, target, args)
         result = handle(args, call)
         if isinstance(result, flask.Response):
             return result
         return json_response(result)
     except SkillEmailError as error:
         call.log["error_code"] = error.code
+        refused = error.details.get("caller_email")
+        if isinstance(refused, str):
+            call.log.setdefault("caller", refused)  # a verified caller who is not on the list
         if error.status >= 500:
             logger.error("%s: %s", error.code, error.message, exc_info=error.__cause__ is not None)
             if isinstance(error, Internal):

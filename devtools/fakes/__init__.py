@@ -8,6 +8,7 @@ real Google client libraries are pointed at them. The tests, the benchmarks and 
 
 from devtools.fakes._server import FakeServer, RecordedRequest, Response
 from devtools.fakes.gmail import FakeGmail, StoredMessage, discovery_document, google_error
+from devtools.fakes.google_certs import FakeGoogleCerts
 from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 from devtools.fakes.secret_manager import FakeSecretManager, crc32c
 
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
     "FakeGmail",
+    "FakeGoogleCerts",
     "FakeSecretManager",
     "FakeServer",
     "FakeTokenEndpoint",
