@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared import audit, callers, config, db, logs, schema, scopes
+from shared import audit, cli_access, config, db, logs, schema, scopes
 from shared.config import ConfigError
 from shared.errors import SkillEmailError
 from shared.tokens import keyring, maintenance, provider
@@ -324,79 +324,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_callers_add(args: argparse.Namespace) -> int:
-    try:
-        email = callers.normalize_email(args.email)
-        with db.connection() as conn:
-            outcome = callers.add_caller(conn, email, args.role, args.robeing_id or [])
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{email}: {outcome}")
-    return 0
-
-
-def cmd_callers_remove(args: argparse.Namespace) -> int:
-    try:
-        email = callers.normalize_email(args.email)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    with db.connection() as conn:
-        removed = callers.remove_caller(conn, email)
-    if not removed:
-        print(f"{email} is not on the list", file=sys.stderr)
-        return 1
-    print(f"{email}: removed")
-    return 0
-
-
-def cmd_callers_list(args: argparse.Namespace) -> int:
-    with db.connection() as conn:
-        for caller in callers.list_callers(conn):
-            print(" ".join([caller.email, caller.role, *sorted(caller.robeing_ids)]))
-    return 0
-
-
-def _add_callers_commands(commands: Any) -> None:
-    group = commands.add_parser(
-        "callers", help="the callers allow-list (CALLER_POLICY=enforce): add, remove, list"
-    )
-    actions = group.add_subparsers(dest="callers_command", required=True)
-    add = actions.add_parser("add", help="add a caller email with its role, or change it")
-    add.add_argument("email", help="the caller's Google account or service account email")
-    add.add_argument("--role", required=True, choices=callers.ROLES)
-    add.add_argument(
-        "--robeing-id",
-        action="append",
-        help="with --role robeing: a robeing id it may act for; repeat it for several",
-    )
-    add.set_defaults(run=cmd_callers_add)
-    remove = actions.add_parser("remove", help="remove a caller")
-    remove.add_argument("email")
-    remove.set_defaults(run=cmd_callers_remove)
-    actions.add_parser("list", help="one line per caller: EMAIL ROLE [ROBEING_ID...]").set_defaults(
-        run=cmd_callers_list
-    )
-
-
-def cmd_webhooks(args: argparse.Namespace) -> int:
-    from shared.events import webhooks  # only this command needs it
-
-    with db.connection() as conn:
-        if args.action == "remove":
-            removed = webhooks.remove_webhook(conn, args.robeing_id)
-            print(f"{args.robeing_id}: {'webhook removed' if removed else 'had no webhook'}")
-            return 0
-        if not args.url:
-            print("webhooks set needs --url URL", file=sys.stderr)
-            return 2
-        secret = webhooks.set_webhook(conn, args.robeing_id, args.url, token_cipher())
-    print(f"{args.robeing_id}: webhook set; its signing secret, shown only now:")
-    print(secret)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     # --help is read in a terminal: the docstring's reST literals (double backticks) would show as typed.
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__.replace("``", ""))
@@ -489,19 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--batch-size", type=int, default=100)
         command.set_defaults(run=run)
 
-    hooks = commands.add_parser(
-        "webhooks", help="set or remove a robeing's webhook for new-mail events (set prints a new secret)"
-    )
-    hooks.add_argument("action", choices=("set", "remove"))
-    hooks.add_argument("robeing_id")
-    hooks.add_argument("--url", help="with set: the https:// (or, locally, http://) URL to POST events to")
-    hooks.set_defaults(run=cmd_webhooks)
-
     audit_log = commands.add_parser("audit", help="print a user's latest audit rows, newest first")
     audit_log.add_argument("user_id", type=user_id_arg)
     audit_log.add_argument("--limit", type=int, default=50)
     audit_log.set_defaults(run=cmd_audit)
-    _add_callers_commands(commands)
+    cli_access.add_commands(commands)
     return parser
 
 
