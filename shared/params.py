@@ -29,7 +29,11 @@ FALSE_WORDS = frozenset({"false", "0", "no"})
 
 @dataclass(frozen=True)
 class Field:
-    """One accepted field: its kind (``str``, ``int``, ``bool``, ``str_list``, ``any``) and bounds."""
+    """One accepted field: its kind (``str``, ``id``, ``int``, ``bool``, ``str_list``, ``any``) and bounds.
+
+    ``schema`` is the JSON Schema of an ``any`` field, whose value the code that understands it checks
+    (the message fields of a send); ``description`` is shown to agents in MCP tool schemas.
+    """
 
     kind: str
     required: bool = False
@@ -39,6 +43,8 @@ class Field:
     maximum: int | None = None
     default: Any = None
     query_ok: bool = True
+    schema: Mapping[str, Any] | None = None
+    description: str = ""
 
 
 def ident(max_length: int, required: bool = False) -> Field:
@@ -56,6 +62,21 @@ def parse(request: FlaskRequest, request_type: type[R], max_body: int = MAX_BODY
         InvalidArgument: bad JSON, an unknown, missing or malformed field.
         PayloadTooLarge: a body over ``max_body`` bytes.
     """
+    raw, from_query = read(request, max_body)
+    headers = {name: request.headers.get(header) for name, header in request_type.HEADERS.items()}
+    return build(request_type, raw, from_query=from_query, headers=headers)
+
+
+def read(request: FlaskRequest, max_body: int = MAX_BODY_BYTES) -> tuple[dict[str, Any], bool]:
+    """A request's fields, not yet checked: the query of a GET, or the JSON object of any other method.
+
+    Returns:
+        The fields, and whether they came from the query (strings that ``build`` converts).
+
+    Raises:
+        InvalidArgument: bad JSON, not an object, or a query parameter given twice.
+        PayloadTooLarge: a body over ``max_body`` bytes.
+    """
     if request.method == "GET":
         raw: dict[str, Any] = {}
         for name in request.args:
@@ -63,12 +84,8 @@ def parse(request: FlaskRequest, request_type: type[R], max_body: int = MAX_BODY
             if len(values) > 1:
                 raise InvalidArgument(f"{name}: given more than once")
             raw[name] = values[0]
-        from_query = True
-    else:
-        raw = _json_object(request, max_body)
-        from_query = False
-    headers = {name: request.headers.get(header) for name, header in request_type.HEADERS.items()}
-    return build(request_type, raw, from_query=from_query, headers=headers)
+        return raw, True
+    return _json_object(request, max_body), False
 
 
 def build(
@@ -102,14 +119,24 @@ def build(
     return request_type(**parsed)
 
 
-def _json_object(request: FlaskRequest, max_body: int) -> dict[str, Any]:
+def read_body(request: FlaskRequest, max_body: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body, refused before it is read when its declared length is over ``max_body``.
+
+    Raises:
+        PayloadTooLarge: a body over ``max_body`` bytes.
+    """
     length = request.content_length
     if length is not None and length > max_body:
         raise PayloadTooLarge(f"the request body is over {max_body} bytes")
-    mimetype = (request.mimetype or "").lower()
     body = request.get_data(cache=False)
     if len(body) > max_body:
         raise PayloadTooLarge(f"the request body is over {max_body} bytes")
+    return body
+
+
+def _json_object(request: FlaskRequest, max_body: int) -> dict[str, Any]:
+    mimetype = (request.mimetype or "").lower()
+    body = read_body(request, max_body)
     if not body.strip():
         return {}
     if mimetype != "application/json":
