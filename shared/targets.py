@@ -70,6 +70,14 @@ TARGETS: tuple[Target, ...] = (
         rt.TokenStatusRequest,
         "tells whether a user has a usable token; never returns token values",
     ),
+    Target(
+        "mcp",
+        ("POST",),
+        rt.McpRequest,
+        "the same operations as MCP tools (Model Context Protocol, streamable HTTP, stateless)",
+        # A tools/call of send_email carries the same attachments as send_email itself.
+        max_body=MAX_SEND_BODY_BYTES,
+    ),
 )
 
 BY_NAME: dict[str, Target] = {target.name: target for target in TARGETS}
