@@ -25,7 +25,6 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -66,14 +65,8 @@ for _name in ("mcp.server.streamable_http_manager", "mcp.server.streamable_http"
 _FILENAME = re.compile(r"filename\*=UTF-8''([^;]+)|filename=\"([^\"]*)\"")
 
 
-@dataclass
-class _Exchange:
-    """The HTTP request an MCP message arrived in: its call context and headers."""
-
-    call: web.Call
-
-
-_exchange: contextvars.ContextVar[_Exchange] = contextvars.ContextVar("mcp_exchange")
+# The context of the HTTP request an MCP message arrived in, for the tool handlers the SDK calls.
+_http_call: contextvars.ContextVar[web.Call] = contextvars.ContextVar("mcp_http_call")
 
 
 def tool_targets() -> list[targets.Target]:
@@ -105,12 +98,12 @@ def _tools() -> dict[str, types.Tool]:
 
 
 async def _list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-    _exchange.get().call.log["mcp_method"] = "tools/list"
+    _http_call.get().log["mcp_method"] = "tools/list"
     return types.ListToolsResult(tools=list(_tools().values()))
 
 
 async def _call_tool(ctx: Any, request: types.CallToolRequestParams) -> types.CallToolResult:
-    outer = _exchange.get().call
+    outer = _http_call.get()
     outer.log.update(mcp_method="tools/call", tool=request.name)
     if request.name not in _tools():
         # The MCP specification answers an unknown tool with a protocol error, not a tool error.
@@ -128,6 +121,9 @@ async def _call_tool(ctx: Any, request: types.CallToolRequestParams) -> types.Ca
     except Exception as exc:
         error = web.public_error(exc, call)
         body = web.error_body(error)
+        retry_after = error.headers().get("Retry-After")
+        if retry_after is not None:  # HTTP's header, which a tool result has no place for
+            body["error"]["retry_after"] = int(retry_after)
         return types.CallToolResult(
             content=[types.TextContent(text=_json_text(body))], structured_content=body, is_error=True
         )
@@ -202,11 +198,11 @@ def handle(request: flask.Request, call: web.Call) -> flask.Response:
     max_body = targets.get(call.target).max_body
     body = params.read_body(request, max_body)
     scope = _scope(request)
-    token = _exchange.set(_Exchange(call=call))
+    token = _http_call.set(call)
     try:
         status, headers, chunks = anyio.run(_serve, scope, body, max_body)
     finally:
-        _exchange.reset(token)
+        _http_call.reset(token)
     response = flask.Response(b"".join(chunks), status=status, headers=headers)
     if status >= 400 and response.mimetype != "application/json":
         # The SDK's transport-security refusals (a body that is not application/json) are plain text;

@@ -8,6 +8,8 @@ import base64
 import email
 import email.policy
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -20,8 +22,9 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import INVALID_PARAMS, CallToolResult, InitializeResult, ListToolsResult
 from werkzeug.serving import make_server
 
+from shared import gmail as gmail_module
 from shared import json_schema, mcp_server, request_types, targets
-from tests.conftest import MAILBOX, ROOT
+from tests.conftest import MAILBOX, ROOT, insert_row
 
 MiB = 1024 * 1024
 
@@ -252,6 +255,26 @@ def test_an_unknown_tool_is_a_protocol_error(mcp_url):
     assert error.message == "unknown tool: refresh_tokens"
 
 
+def test_a_rate_limited_call_says_when_to_retry(mcp_url, alice, gmail, monkeypatch):
+    monkeypatch.setattr(gmail_module, "BACKOFF_BASE_S", 0.001)  # the retries' shape, not their waiting
+    gmail.fail_next(r"/messages", 429, count=50)
+    error = tool_error(call_tool(mcp_url, "list_emails", {"user_id": "alice"}))
+    assert error["code"] == "rate_limited"
+    assert error["retry_after"] >= 1  # HTTP's Retry-After, which a tool result has no header for
+
+
+def test_a_bug_is_an_internal_tool_error_that_says_nothing_more(mcp_url, conn, log_lines):
+    # A row claiming encrypted values while no key is configured: a bug-shaped failure (as in the
+    # OpenAPI scenarios), answered 500 `internal` over HTTP.
+    insert_row(conn, "carol", token_data={"access_token": "enc:v1:k1:AAAA", "refresh_token": "r"})
+    error = tool_error(call_tool(mcp_url, "token_status", {"user_id": "carol"}))
+    assert error == {"code": "internal", "message": "internal error"}
+    errors = [json.loads(line) for line in log_lines if '"severity": "ERROR"' in line]
+    assert any(
+        "no token key is configured" in line["message"] and line["tool"] == "token_status" for line in errors
+    )
+
+
 # TO ADD when the callers work (CONTRACT.md "Callers") lands on main: under CALLER_POLICY=enforce, an MCP
 # request without an ID token is 401 `unauthenticated` (HTTP, before any tool runs), and a robeing caller
 # naming a robeing_id it does not hold gets a `permission_denied` tool error; both come from web.invoke.
@@ -313,3 +336,21 @@ def test_a_malformed_message_is_a_json_rpc_error(client):
 def test_header_fields_are_declared_for_every_header_a_request_reads():
     for target in targets.TARGETS:
         assert set(target.request.HEADERS) <= set(request_types.HEADER_FIELDS), target.name
+
+
+def test_the_readmes_python_example_works_as_printed(mcp_url, alice, gmail, tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Use it from an agent (MCP)") :]
+    example = section[section.index("```python\n") + len("```python\n") : section.index("\n```\n")]
+    assert '"http://localhost:8080/mcp"' in example
+    gmail.add_message(b"From: a@example.org\r\nSubject: unread one\r\n\r\nhi\r\n")
+    gmail.add_message(b"From: a@example.org\r\nSubject: read one\r\n\r\nhi\r\n", labels=["INBOX"])
+    script = tmp_path / "example.py"
+    script.write_text(example.replace("http://localhost:8080/mcp", mcp_url), encoding="utf-8")
+
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+
+    assert run.returncode == 0, run.stderr[-2000:]
+    printed = run.stdout.splitlines()
+    assert "'list_emails'" in printed[0] and "'send_email'" in printed[0]
+    assert printed[1] == "['unread one']"
