@@ -281,7 +281,7 @@ def worker_time(thread_prefix: str = "refresh") -> Iterator[dict[str, list[float
     Wraps three functions for the length of the block (restored after); only threads whose name starts
     with ``thread_prefix`` are counted, so the side thread polling pg_stat_activity is not.
     """
-    from shared import oauth
+    from shared.tokens import oauth
 
     spent: dict[str, list[float]] = {"token call": [], "sql statement": [], "connect": []}
     lock = threading.Lock()

@@ -18,12 +18,13 @@ import flask
 from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build
 
-from shared import db, tokens
+from shared import db
+from shared.tokens.store import DatabaseTokenStore
 
 
 def _service(user_id: str) -> Any:
     with db.connection() as conn:
-        record = tokens.DatabaseTokenStore(conn).usable(user_id)
+        record = DatabaseTokenStore(conn).usable(user_id)
     return build(
         "gmail",
         "v1",

@@ -63,7 +63,8 @@ import pg8000.native
 import requests
 
 from devtools.embedded_pg import EmbeddedPostgres
-from shared import db, schema, tokens
+from shared import db, schema
+from shared.tokens.record import EXPIRY_MARGIN
 from tests.fakes._server import RecordedRequest, Response
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
@@ -71,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DATABASE = "skill_email_load"
 SCOPES = ["https://www.googleapis.com/auth/gmail.send", "https://www.googleapis.com/auth/gmail.readonly"]
-MARGIN_S = int(tokens.EXPIRY_MARGIN.total_seconds())
+MARGIN_S = int(EXPIRY_MARGIN.total_seconds())
 MARKER = re.compile(r"\b(MK-[0-9a-f]{32})\b")
 # Client timeouts: (connect, read). The functions answer within their own bounds (a 503 well under
 # 20 s); 60 s means the server is hung, which is itself a finding.

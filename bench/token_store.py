@@ -47,7 +47,9 @@ from bench._common import (
     timed,
     worker_time,
 )
-from shared import config, db, logs, oauth, provider, request_types, tokens
+from shared import config, db, logs, request_types
+from shared.tokens import oauth, provider
+from shared.tokens.store import DatabaseTokenStore
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 USER = "bench-user"
@@ -237,7 +239,7 @@ def _ours(url: str) -> Any:
 
     def run() -> None:
         with db.connection(params) as conn:
-            tokens.DatabaseTokenStore(conn).find(USER)
+            DatabaseTokenStore(conn).find(USER)
 
     return run
 
@@ -259,7 +261,7 @@ def _naive(url: str) -> Any:
             )
         )
         try:
-            tokens.DatabaseTokenStore(conn).find(USER)
+            DatabaseTokenStore(conn).find(USER)
         finally:
             conn.close()
 
@@ -288,7 +290,7 @@ def _nodelay(url: str) -> Any:
             )
         )
         try:
-            tokens.DatabaseTokenStore(conn).find(USER)
+            DatabaseTokenStore(conn).find(USER)
         finally:
             conn.close()
 

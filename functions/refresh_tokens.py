@@ -2,9 +2,10 @@
 
 from typing import Any
 
-from shared import provider, web
+from shared import retention, web
 from shared.errors import InvalidArgument
 from shared.request_types import RefreshTokensRequest
+from shared.tokens import provider
 
 
 @web.http_function("refresh_tokens")
@@ -16,5 +17,6 @@ def refresh_tokens(args: RefreshTokensRequest, call: web.Call) -> Any:
         call.log.update(
             checked=summary["checked"], refreshed=summary["refreshed"], failed=len(summary["failed"])
         )
+        call.log.update(retention.purge_configured().as_log_fields())
         return summary
     return provider.refresh_user(args.user_id, args.robeing_id)

@@ -2,8 +2,9 @@
 
 from typing import Any
 
-from shared import provider, web
+from shared import web
 from shared.request_types import TokenStatusRequest
+from shared.tokens import provider
 
 
 @web.http_function("token_status")

@@ -5,6 +5,9 @@ Gmail returned (message and thread ids, result count) and what it cost (duration
 holds message content (subject, body, addresses, search query) nor any token: the row is read by
 operators who must not see a person's mail.
 
+Rows are kept ``AUDIT_RETENTION_DAYS`` (default 400); the scheduled run purges older ones
+(``purge_older_than``, called by ``shared.retention``).
+
 Auditing is best effort: a failed audit write is logged and never fails the request it describes (the
 message is already sent by then; an error now would only provoke a duplicate).
 """
@@ -12,6 +15,7 @@ message is already sent by then; an error now would only provoke a duplicate).
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from shared import clock
@@ -146,3 +150,21 @@ def recent(conn: Connection, user_id: str, limit: int = 50) -> list[dict[str, An
         user_id=user_id,
         limit=max(1, min(int(limit), _RECENT_MAX)),
     )
+
+
+def purge_older_than(conn: Connection, cutoff: datetime, limit: int = 1000) -> int:
+    """Deletes at most ``limit`` rows created before ``cutoff`` (naive UTC); returns how many.
+
+    Bounded, oldest first, and SKIP LOCKED, so that one batch is a short statement that never waits
+    for another purge running at the same time (two scheduled runs).
+    """
+    if limit <= 0:
+        return 0
+    deleted = conn.run(
+        "DELETE FROM gmail_audit_logs WHERE id IN (SELECT id FROM gmail_audit_logs "
+        "WHERE created_at < :cutoff ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
+        "RETURNING 1 AS deleted",
+        cutoff=clock.to_naive_utc(cutoff),
+        limit=limit,
+    )
+    return len(deleted)

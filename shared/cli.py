@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared import audit, config, crypto, db, logs, provider, schema, tokens
+from shared import audit, config, db, logs, schema
 from shared.config import ConfigError
 from shared.errors import SkillEmailError
+from shared.tokens import crypto, maintenance, provider
+from shared.tokens.cipher import keyring_text, token_cipher
+from shared.tokens.record import authorized_user_to_row
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -29,7 +32,7 @@ def cmd_import_tokens(args: argparse.Namespace) -> int:
         print(f"not a directory: {directory}", file=sys.stderr)
         return 2
     counts: Counter[str] = Counter()
-    cipher = tokens.token_cipher()
+    cipher = token_cipher()
     with db.connection() as conn:
         for path in sorted(directory.glob("*.json")):
             try:
@@ -40,10 +43,10 @@ def cmd_import_tokens(args: argparse.Namespace) -> int:
                 print(f"skipped {path.name}: {exc}", file=sys.stderr)
                 counts["invalid"] += 1
                 continue
-            outcome = tokens.store_token(
+            outcome = maintenance.store_token(
                 conn,
                 path.stem,
-                tokens.authorized_user_to_row(info),
+                authorized_user_to_row(info),
                 equipped_to=args.robeing_id,
                 cipher=cipher,
                 replace=args.replace,
@@ -70,12 +73,12 @@ def cmd_add_token(args: argparse.Namespace) -> int:
         print("a refresh token is required (--file or --refresh-token)", file=sys.stderr)
         return 2
     with db.connection() as conn:
-        outcome = tokens.store_token(
+        outcome = maintenance.store_token(
             conn,
             args.user_id,
-            tokens.authorized_user_to_row(info),
+            authorized_user_to_row(info),
             equipped_to=args.robeing_id,
-            cipher=tokens.token_cipher(),
+            cipher=token_cipher(),
         )
     print(f"{args.user_id}: {outcome}")
     return 0
@@ -101,7 +104,7 @@ def credentials_to_row(credentials: Any) -> dict[str, Any]:
     granted = credentials.granted_scopes or credentials.scopes or []
     if isinstance(granted, str):
         granted = granted.split()
-    return tokens.authorized_user_to_row(
+    return authorized_user_to_row(
         {
             "token": credentials.token,
             "refresh_token": credentials.refresh_token,
@@ -117,12 +120,12 @@ def credentials_to_row(credentials: Any) -> dict[str, Any]:
 def store_credentials(user_id: str, credentials: Any, robeing_id: str | None = None) -> str:
     """Stores a freshly consented token as the user's equipped row; returns ``store_token``'s outcome."""
     with db.connection() as conn:
-        return tokens.store_token(
+        return maintenance.store_token(
             conn,
             user_id,
             credentials_to_row(credentials),
             equipped_to=robeing_id,
-            cipher=tokens.token_cipher(),
+            cipher=token_cipher(),
         )
 
 
@@ -145,7 +148,7 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         )
         return 2
     # Fail before the person consents, not after: the database and the keyring must be usable.
-    tokens.token_cipher()
+    token_cipher()
     with db.connection():
         pass
     scopes = args.scope or list(DEFAULT_SCOPES)
@@ -190,16 +193,16 @@ def cmd_generate_key(args: argparse.Namespace) -> int:
 
 
 def _keyring_cipher() -> crypto.TokenCipher:
-    cipher = tokens.token_cipher()
+    cipher = token_cipher()
     if cipher is None:
         raise ConfigError("set TOKEN_KEYS (local) or TOKEN_KEY_SECRET to the keyring first")
     return cipher
 
 
-def _reseal(decrypt: bool, batch_size: int) -> tokens.ResealCounts:
+def _reseal(decrypt: bool, batch_size: int) -> maintenance.ResealCounts:
     cipher = _keyring_cipher()
     with db.connection() as conn:
-        counts = tokens.reseal_rows(conn, cipher, decrypt=decrypt, batch_size=batch_size)
+        counts = maintenance.reseal_rows(conn, cipher, decrypt=decrypt, batch_size=batch_size)
     print(f"rewritten={counts.rewritten} unchanged={counts.unchanged} busy={counts.busy}")
     if counts.busy:
         print("some rows were being refreshed and were skipped: run the command again", file=sys.stderr)
@@ -229,10 +232,7 @@ def cmd_decrypt_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_add_key(args: argparse.Namespace) -> int:
-    settings = config.load_settings()
-    text = settings.token_keys or (
-        config.secrets.read(settings.token_key_secret, settings) if settings.token_key_secret else None
-    )
+    text = keyring_text(config.load_settings())
     if not text:
         raise ConfigError("set TOKEN_KEYS or TOKEN_KEY_SECRET to the current keyring first")
     try:

@@ -9,10 +9,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from shared import audit, clock, config, idempotency, mime, provider
+from shared import audit, clock, config, idempotency, mime
 from shared.errors import SkillEmailError, Unavailable
 from shared.gmail import GmailClient, SendOutcomeUnknown, StoreCredentials
 from shared.request_types import ListEmailsRequest, SendEmailRequest, UserRequest
+from shared.tokens import provider
 from shared.web import Call
 
 logger = logging.getLogger(__name__)

@@ -118,6 +118,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS gmail_idempotency_expires_idx ON gmail_idempotency (expires_at)",
         ),
     ),
+    Migration(
+        6,
+        "index for the audit log's retention purge",
+        (
+            # The scheduled run deletes the oldest rows in batches; without this index each batch would
+            # scan the whole table (the other index leads with user_id). CONCURRENTLY: the table is live.
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS gmail_audit_logs_created_idx "
+            "ON gmail_audit_logs (created_at)",
+        ),
+        transactional=False,
+    ),
 )
 
 _LEDGER_DDL = """

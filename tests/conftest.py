@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from devtools.embedded_pg import DEFAULT_PASSWORD, EmbeddedPostgres
-from shared import config, db, logs, schema, tokens
+from shared import config, db, logs, schema, secret_manager
+from shared.tokens.cipher import forget_ciphers
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,10 +258,11 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         config.TOKEN_KEYS,
         config.GMAIL_API_ENDPOINT,
         config.GOOGLE_CLOUD_PROJECT,
+        config.AUDIT_RETENTION_DAYS,
     ):
         monkeypatch.delenv(name, raising=False)
-    config.secrets.clear()
-    tokens._cipher_cache.clear()
+    secret_manager.secrets.clear()
+    forget_ciphers()
     if "shared.mail" in sys.modules:  # the per-instance sender cache: each test starts without it
         sys.modules["shared.mail"]._senders.clear()
     handler = _CaptureHandler()
@@ -273,7 +275,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
     finally:
         root.removeHandler(handler)
         root.setLevel(previous_level)
-        config.secrets.clear()
+        secret_manager.secrets.clear()
     leaked = [(value, line) for line in handler.lines for value in SECRET_VALUES if value and value in line]
     assert not leaked, f"a secret reached a log line: {leaked[0][1][:300]}"
 

@@ -342,7 +342,8 @@ def test_key_commands_encrypt_rotate_and_decrypt_the_table(
     """The operator's whole rotation, through the CLI, on rows the functions keep reading."""
     import json as json_module
 
-    from shared import cli, crypto
+    from shared import cli
+    from shared.tokens import crypto
     from tests.conftest import SECRET_VALUES, row
 
     row_id = user_token("cli-user", expires_in=3600)

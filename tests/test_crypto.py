@@ -1,4 +1,4 @@
-"""Tests of shared.crypto: encryption at rest of the secret values of gmail_token rows."""
+"""Tests of shared.tokens.crypto: encryption at rest of the secret values of gmail_token rows."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.crypto import (
+from shared.errors import SkillEmailError
+from shared.tokens.crypto import (
     DecryptionError,
     KeyringError,
     TokenCipher,
@@ -22,7 +23,6 @@ from shared.crypto import (
     open_row_without_key,
     with_new_primary,
 )
-from shared.errors import SkillEmailError
 
 # Fixed keys, so a failing test is reproducible; distinctive enough to search for in error messages.
 KEY1 = base64.b64encode(bytes(range(32))).decode()

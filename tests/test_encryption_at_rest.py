@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from shared import crypto, db, tokens
+from shared import db
+from shared.tokens import crypto
+from shared.tokens.cipher import token_cipher
+from shared.tokens.maintenance import reseal_rows
 from tests.conftest import SECRET_VALUES, row
 from tests.fakes.secret_manager import FakeSecretManager
 
@@ -53,7 +56,7 @@ def test_plaintext_and_encrypted_rows_work_side_by_side(client, conn, user_token
     user_token("plain", expires_in=3600)
     encrypted = user_token("sealed", expires_in=3600)
     with db.connection() as connection:
-        tokens.reseal_rows(connection, tokens.token_cipher())
+        reseal_rows(connection, token_cipher())
     assert row(conn, encrypted)["token_data"]["access_token"].startswith("enc:")
     conn.run(
         "UPDATE gmail_token SET token_data = :t WHERE user_id = 'plain'",
@@ -67,10 +70,10 @@ def test_encrypt_tokens_is_idempotent(conn, database_url, user_token, keys, monk
     monkeypatch.setenv("TOKEN_KEYS", keyring("k1", "k1", keys=keys))
     for index in range(5):
         user_token(f"user-{index}")
-    cipher = tokens.token_cipher()
+    cipher = token_cipher()
     assert cipher is not None
-    first = tokens.reseal_rows(conn, cipher, batch_size=2)
-    second = tokens.reseal_rows(conn, cipher, batch_size=2)
+    first = reseal_rows(conn, cipher, batch_size=2)
+    second = reseal_rows(conn, cipher, batch_size=2)
     assert (first.rewritten, first.unchanged) == (5, 0)
     assert (second.rewritten, second.unchanged) == (0, 5)
 
@@ -80,12 +83,12 @@ def test_rotation_old_key_still_reads_then_rotate_moves_every_row_to_the_new_key
 ):
     monkeypatch.setenv("TOKEN_KEYS", keyring("k1", "k1", keys=keys))
     row_id = user_token("rot", expires_in=3600)
-    tokens.reseal_rows(conn, tokens.token_cipher())
+    reseal_rows(conn, token_cipher())
     # step 1: k2 becomes primary, k1 kept: rows under k1 still read
     monkeypatch.setenv("TOKEN_KEYS", keyring("k2", "k1", "k2", keys=keys))
     assert client("token_status").get("/?user_id=rot").get_json()["connected"] is True
     # step 2: rotate-key re-encrypts under k2
-    counts = tokens.reseal_rows(conn, tokens.token_cipher())
+    counts = reseal_rows(conn, token_cipher())
     assert counts.rewritten == 1
     assert all(value.startswith("enc:v1:k2:") for value in secret_fields(row(conn, row_id)))
     # step 3: k1 retired
@@ -97,10 +100,10 @@ def test_decrypt_tokens_turns_encryption_off(conn, database_url, user_token, key
     monkeypatch.setenv("TOKEN_KEYS", keyring("k1", "k1", keys=keys))
     row_id = user_token("back")
     before = row(conn, row_id)
-    cipher = tokens.token_cipher()
+    cipher = token_cipher()
     assert cipher is not None
-    tokens.reseal_rows(conn, cipher)
-    tokens.reseal_rows(conn, cipher, decrypt=True)
+    reseal_rows(conn, cipher)
+    reseal_rows(conn, cipher, decrypt=True)
     assert secret_fields(row(conn, row_id)) == secret_fields(before)
 
 
@@ -108,7 +111,7 @@ def test_a_value_copied_to_another_users_row_does_not_decrypt(client, conn, user
     monkeypatch.setenv("TOKEN_KEYS", keyring("k1", "k1", keys=keys))
     victim = user_token("victim", expires_in=3600)
     attacker = user_token("attacker", expires_in=3600)
-    tokens.reseal_rows(conn, tokens.token_cipher())
+    reseal_rows(conn, token_cipher())
     conn.run(
         "UPDATE gmail_token SET token_data = (SELECT token_data FROM gmail_token WHERE id = :v) "
         "WHERE id = :a",
@@ -125,7 +128,7 @@ def test_encrypted_rows_without_the_keyring_are_refused_not_sent_to_google(
 ):
     monkeypatch.setenv("TOKEN_KEYS", keyring("k1", "k1", keys=keys))
     user_token("locked")
-    tokens.reseal_rows(conn, tokens.token_cipher())
+    reseal_rows(conn, token_cipher())
     monkeypatch.delenv("TOKEN_KEYS")
     assert client("refresh_tokens").post("/", json={"user_id": "locked"}).status_code == 500
     assert token_endpoint.count("POST", "/token") == 0
@@ -136,7 +139,7 @@ def test_reauth_marker_survives_reencryption(client, conn, user_token, token_end
     token_endpoint.revoke(row(conn, row_id)["token_data"]["refresh_token"])
     assert client("refresh_tokens").post("/", json={"user_id": "marked"}).status_code == 401
     monkeypatch.setenv("TOKEN_KEYS", keyring("k1", "k1", keys=keys))
-    tokens.reseal_rows(conn, tokens.token_cipher())
+    reseal_rows(conn, token_cipher())
     assert client("token_status").get("/?user_id=marked").get_json()["needs_reauth"] is True
     assert client("refresh_tokens").post("/", json={"user_id": "marked"}).status_code == 401
     assert token_endpoint.count("POST", "/token") == 1

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import db, provider, schema
+from shared import db, schema
+from shared.tokens import provider
 from tests.conftest import insert_row, row, secret, utc_in
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared.errors import InvalidArgument
-from shared.file_tokens import FileTokenStore
+from shared.tokens.files import FileTokenStore
 from tests.conftest import secret
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
@@ -79,6 +80,16 @@ def test_scheduled_run_over_files(client, token_dir, token_endpoint):
     write_token(token_dir, "fresh", token_endpoint, expiry="2999-01-01T00:00:00Z")
     body = client("refresh_tokens").post("/", json={}).get_json()
     assert body == {"checked": 1, "refreshed": 1, "skipped": 0, "failed": []}
+
+
+def test_scheduled_run_refreshes_a_file_due_within_the_window_but_outside_the_margin(
+    client, token_dir, token_endpoint
+):
+    in_ten_minutes = (datetime.now(UTC) + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path = write_token(token_dir, "soon", token_endpoint, expiry=in_ten_minutes)
+    body = client("refresh_tokens").post("/", json={}).get_json()
+    assert body == {"checked": 1, "refreshed": 1, "skipped": 0, "failed": []}
+    assert json.loads(path.read_text())["token"] in token_endpoint.issued_access_tokens
 
 
 def test_invalid_grant_is_remembered_in_the_file(client, token_dir, token_endpoint):

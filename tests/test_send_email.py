@@ -892,3 +892,17 @@ def test_tokens_never_reach_the_response_or_log(client, user_token, conn, gmail,
     for value in (stored["access_token"], stored["refresh_token"]):
         assert value not in text
         assert all(value not in line for line in log_lines)
+
+
+def test_audit_rows_carry_the_requests_trace_id(client, alice, gmail, conn, log_lines):
+    trace = "105445aa7843bc8bf206b12000100000"
+    headers = {"X-Cloud-Trace-Context": f"{trace}/1;o=1"}
+    assert send(client, headers, to="a@example.com", body="b").status_code == 200
+    gmail.fail_next(SEND_PATH, 403)
+    assert send(client, headers, to="a@example.com", body="b").status_code == 403
+
+    rows = all_audit_rows(conn)
+
+    assert [r["trace_id"] for r in rows] == [trace, trace]
+    # The same id joins the row with the request's log line.
+    assert any(trace in line and '"target": "send_email"' in line for line in log_lines)

@@ -8,7 +8,9 @@ from datetime import datetime
 import pytest
 import responses
 
-from shared import db, provider, tokens
+from shared import db
+from shared.tokens import provider
+from shared.tokens.store import DatabaseTokenStore
 from tests.conftest import insert_row, row, secret, utc_in
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
@@ -164,7 +166,7 @@ def test_null_expiry_is_reported_as_null(client, conn):
 )
 def test_messy_rows_decode_to_one_shape(conn, database_url, token_data, oauth_config, expected_client):
     insert_row(conn, "messy", token_data=token_data, oauth_config=oauth_config, expiry=utc_in(3600))
-    record = tokens.DatabaseTokenStore(conn).find("messy")
+    record = DatabaseTokenStore(conn).find("messy")
     assert record.access_token == "A"
     assert record.refresh_token == "R"
     assert record.client_id == expected_client
@@ -173,7 +175,7 @@ def test_messy_rows_decode_to_one_shape(conn, database_url, token_data, oauth_co
 
 def test_scopes_as_one_space_separated_element_are_split(conn, database_url):
     insert_row(conn, "gil", token_data={"access_token": "A"}, scopes=["a b", "c"], expiry=utc_in(3600))
-    assert tokens.DatabaseTokenStore(conn).find("gil").scopes == ["a", "b", "c"]
+    assert DatabaseTokenStore(conn).find("gil").scopes == ["a", "b", "c"]
 
 
 # -- refresh ---------------------------------------------------------------------------------------------
@@ -201,7 +203,7 @@ def test_refresh_user_writes_new_token_and_keeps_other_keys(client, conn, token_
 def test_refresh_of_legacy_row_writes_access_token_and_updates_token(conn, database_url, user_token):
     row_id = user_token("ivy", legacy_key=True)
     with db.connection() as connection:
-        tokens.DatabaseTokenStore(connection).usable("ivy")
+        DatabaseTokenStore(connection).usable("ivy")
     data = row(conn, row_id)["token_data"]
     assert data["access_token"] == data["token"]
 
@@ -211,7 +213,7 @@ def test_rotated_refresh_token_is_stored(conn, database_url, token_endpoint, use
     row_id = user_token("jin")
     old = row(conn, row_id)["token_data"]["refresh_token"]
     with db.connection() as connection:
-        tokens.DatabaseTokenStore(connection).usable("jin")
+        DatabaseTokenStore(connection).usable("jin")
     assert row(conn, row_id)["token_data"]["refresh_token"] == token_endpoint.rotated[old]
 
 
@@ -219,7 +221,7 @@ def test_expires_in_as_string_is_accepted(conn, database_url, token_endpoint, us
     token_endpoint.expires_in = "3599"
     row_id = user_token("kim")
     with db.connection() as connection:
-        record = tokens.DatabaseTokenStore(connection).usable("kim")
+        record = DatabaseTokenStore(connection).usable("kim")
     assert record.expiry is not None
     assert row(conn, row_id)["expiry"] > datetime.utcnow()
 
@@ -227,7 +229,7 @@ def test_expires_in_as_string_is_accepted(conn, database_url, token_endpoint, us
 def test_fresh_token_is_used_without_calling_google(conn, database_url, token_endpoint, user_token):
     user_token("lee", expires_in=3600)
     with db.connection() as connection:
-        tokens.DatabaseTokenStore(connection).usable("lee")
+        DatabaseTokenStore(connection).usable("lee")
     assert token_endpoint.count("POST", "/token") == 0
 
 
@@ -246,7 +248,7 @@ def test_missing_token_uri_means_googles_endpoint(conn, database_url):
             json={"access_token": new_token, "expires_in": 3599, "token_type": "Bearer"},
         )
         with db.connection() as connection:
-            record = tokens.DatabaseTokenStore(connection).usable("mo")
+            record = DatabaseTokenStore(connection).usable("mo")
         assert len(mock.calls) == 1
     assert record.access_token == new_token
 
@@ -327,7 +329,7 @@ def test_two_threads_refreshing_one_user_call_google_once(database_url, conn, to
         try:
             with db.connection() as connection:
                 barrier.wait()
-                results.append(tokens.DatabaseTokenStore(connection).usable("ravi").access_token)
+                results.append(DatabaseTokenStore(connection).usable("ravi").access_token)
         except BaseException as exc:  # surfaced by the assert below
             errors.append(exc)
 
@@ -347,9 +349,7 @@ def test_stale_token_refused_by_gmail_is_refreshed_even_if_not_expired(
     row_id = user_token("sam", expires_in=3600)
     stale = row(conn, row_id)["token_data"]["access_token"]
     with db.connection() as connection:
-        record = tokens.DatabaseTokenStore(connection).refresh_row(
-            row_id, force=False, stale_access_token=stale
-        )
+        record = DatabaseTokenStore(connection).refresh_row(row_id, force=False, stale_access_token=stale)
     assert record.access_token != stale
     assert token_endpoint.count("POST", "/token") == 1
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +12,7 @@ import google.auth.exceptions
 import google.auth.transport.requests
 from google.oauth2.credentials import Credentials
 
+from shared import clock
 from shared.errors import ReauthRequired, Unavailable, UpstreamError
 from shared.transport import http_session
 
@@ -112,7 +112,7 @@ def refresh_access_token(
                     "token endpoint unreachable after %d attempts: %s", attempt, type(exc).__name__
                 )
                 raise Unavailable("Google's token endpoint could not be reached") from exc
-            time.sleep(TRANSPORT_BACKOFF_S * attempt * (1 + random.random() / 5))  # noqa: S311
+            clock.sleep(TRANSPORT_BACKOFF_S * attempt * (1 + random.random() / 5))  # noqa: S311
     if not credentials.token:
         raise UpstreamError("Google's token endpoint answered without an access token")
     return RefreshedToken(

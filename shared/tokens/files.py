@@ -2,7 +2,8 @@
 
 Kept for compatibility with the old service's ``FileCredentialsProvider(TOKEN_BASE)``. A refresh
 rewrites the file atomically (temp file + rename) under an exclusive lock, so a reader never sees a
-half-written token and two refreshes of one user call Google once.
+half-written token and two refreshes of one user call Google once. When to refresh and what to refuse
+are ``TokenRecord``'s decisions and ``TokenStore``'s ``usable``, shared with the database store.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 from shared import clock
 from shared.config import ConfigError
 from shared.errors import InvalidArgument, NotFound, ReauthRequired, SkillEmailError
-from shared.tokens import RefreshSummary, TokenRecord
+from shared.tokens.base import RefreshSummary, TokenStore
+from shared.tokens.record import TokenRecord
 
 # Letters, digits and a few separators; no path separators, no leading dot: a user id can never name
 # a file outside TOKEN_DIR (or a hidden one inside it).
@@ -35,7 +37,7 @@ def _fingerprint(data: dict[str, Any]) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-class FileTokenStore:
+class FileTokenStore(TokenStore):
     """Tokens as ``TOKEN_DIR/<user_id>.json``; robeing routing does not apply to files."""
 
     def __init__(self, token_dir: str | None) -> None:
@@ -83,25 +85,19 @@ class FileTokenStore:
         """The user's token as stored."""
         return self._record(user_id, self._read(self.path_for(user_id)))
 
-    def usable(self, user_id: str, robeing_id: str | None = None) -> TokenRecord:
-        """The user's token, refreshed first when expired or about to be."""
-        record = self.find(user_id)
-        if record.needs_reauth:
-            raise ReauthRequired("Google refused this user's token earlier: reconnect Gmail")
-        return record if record.is_fresh() else self.refresh(user_id, force=False)
-
-    def refresh(self, user_id: str, *, force: bool, stale_access_token: str | None = None) -> TokenRecord:
+    def refresh(
+        self, record: TokenRecord, *, force: bool, stale_access_token: str | None = None
+    ) -> TokenRecord:
         """Refreshes under an exclusive lock on ``<user_id>.json.lock`` and rewrites the file atomically."""
+        user_id = record.user_id
         path = self.path_for(user_id)
         with self._locked(path):
             data = self._read(path)
             record = self._record(user_id, data)
-            if record.needs_reauth:
-                raise ReauthRequired("Google refused this user's token earlier: reconnect Gmail")
-            replaced = stale_access_token is not None and record.access_token != stale_access_token
-            if not force and record.is_fresh() and (stale_access_token is None or replaced):
+            record.check_usable()
+            if not record.needs_refresh(force=force, stale_access_token=stale_access_token):
                 return record
-            from shared import oauth  # imported on first use, as in shared.tokens
+            from shared.tokens import oauth  # imported on first use, as in the database store
 
             try:
                 refreshed = oauth.refresh_access_token(
@@ -126,17 +122,6 @@ class FileTokenStore:
             self._write(path, data)
             return self._record(user_id, data)
 
-    def refresh_record(self, record: TokenRecord, stale_access_token: str | None) -> TokenRecord:
-        """Refreshes the token a call is using because it expired or Gmail refused it."""
-        return self.refresh(record.user_id, force=False, stale_access_token=stale_access_token)
-
-    def refresh_user(self, user_id: str, robeing_id: str | None = None) -> RefreshSummary:
-        """Refreshes the user's token now, whatever its expiry."""
-        self.refresh(user_id, force=True)
-        summary = RefreshSummary()
-        summary.add("refreshed")
-        return summary
-
     def refresh_due(self, window_seconds: int) -> RefreshSummary:
         """Refreshes every file whose token expires within the window (sequential: files are few)."""
         summary = RefreshSummary()
@@ -147,7 +132,8 @@ class FileTokenStore:
                 record = self.find(user_id)
                 if record.needs_reauth or (record.expiry is not None and record.expiry >= deadline):
                     continue
-                self.refresh(user_id, force=False)
+                # Due by the window (which may reach past EXPIRY_MARGIN): refresh it, as the database does.
+                self.refresh(record, force=True)
                 summary.add("refreshed")
             except SkillEmailError as exc:
                 summary.add("failed", user_id, exc.code)
