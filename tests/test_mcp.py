@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import functions_framework
 import pytest
-from mcp import ClientSession, MCPError
+from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import INVALID_PARAMS, CallToolResult, InitializeResult, ListToolsResult
 from werkzeug.serving import make_server
@@ -129,6 +129,20 @@ def test_each_tool_schema_is_its_targets_request_schema(mcp_url):
     assert send.annotations is not None and send.annotations.read_only_hint is False
     status = next(tool for tool in listed.tools if tool.name == "token_status")
     assert status.annotations is not None and status.annotations.read_only_hint is True
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto", "2026-07-28"])
+def test_every_protocol_era_the_sdk_speaks_gets_the_same_tools_and_answers(mcp_url, alice, mode):
+    # legacy: the initialize handshake; 2026-07-28: the per-request envelope; auto: discover, then either.
+    async def run() -> tuple[list[str], Any]:
+        async with Client(mcp_url, mode=mode) as client:
+            listed = await client.list_tools()
+            result = await client.call_tool("token_status", {"user_id": "alice"})
+            return [tool.name for tool in listed.tools], result
+
+    names, result = anyio.run(run)
+    assert names == [target.name for target in mcp_server.tool_targets()]
+    assert answer(result)["connected"] is True
 
 
 # -- each tool answers what its target answers ------------------------------------------------------
