@@ -372,7 +372,10 @@ def test_the_readmes_python_example_works_as_printed(mcp_url, alice, gmail, tmp_
 
 def test_importing_main_does_not_import_the_mcp_sdk():
     # Every target's cold start imports main.py; only the mcp target's first request may pay for the SDK.
-    probe = "import main, sys; print(sorted({m.split('.')[0] for m in sys.modules} & {'mcp', 'mcp_types', 'anyio'}))"
+    probe = (
+        "import main, sys; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mcp', 'mcp_types', 'anyio'}))"
+    )
     run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[]"
