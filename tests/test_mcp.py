@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
@@ -203,6 +204,21 @@ def test_an_idempotency_key_reused_for_another_message_is_a_conflict(mcp_url, al
     error = tool_error(call_tool(mcp_url, "send_email", {**arguments, "body": "two"}))
     assert error["code"] == "idempotency_conflict"
     assert len(gmail.sent_messages()) == 1
+
+
+def test_concurrent_calls_each_get_their_own_answer(mcp_url, alice, log_lines):
+    # Each HTTP request runs its own event loop on its own server thread; nothing is shared between them.
+    users = ["alice", "nobody-1", "alice", "nobody-2", "alice", "nobody-3"]
+    with ThreadPoolExecutor(max_workers=len(users)) as pool:
+        results = list(pool.map(lambda user: call_tool(mcp_url, "token_status", {"user_id": user}), users))
+    for user, result in zip(users, results, strict=True):
+        if user == "alice":
+            assert answer(result)["user_id"] == "alice"
+        else:
+            assert tool_error(result)["code"] == "not_found"
+    lines = [json.loads(line) for line in log_lines if '"POST mcp 200"' in line]
+    logged = sorted(line["user_id"] for line in lines if line.get("tool") == "token_status")
+    assert logged == sorted(users)
 
 
 # -- errors: MCP tool errors carrying the contract's code -------------------------------------------
