@@ -8,6 +8,6 @@ from shared.request_types import ListEmailsRequest
 
 @web.http_function("list_emails")
 def list_emails(args: ListEmailsRequest, call: web.Call) -> Any:
-    from shared import mail  # imported on first use, as in send_email
+    from shared.mailbox import listing  # imported on first use, as in send_email
 
-    return mail.list_emails(args, call)
+    return listing.list_emails(args, call)

@@ -10,6 +10,6 @@ from shared.request_types import SendEmailRequest
 def send_email(args: SendEmailRequest, call: web.Call) -> Any:
     # Imported on first use: googleapiclient, httplib2 and the MIME code cost ~100 ms of import that
     # token_status and refresh_tokens instances, which load this same main.py, never need.
-    from shared import mail
+    from shared.mailbox import send
 
-    return mail.send_email(args, call)
+    return send.send_email(args, call)

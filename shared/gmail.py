@@ -20,7 +20,6 @@ import json
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +33,7 @@ from googleapiclient.discovery_cache import get_static_doc
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest, MediaIoBaseUpload
 
+from shared import clock
 from shared.errors import (
     InvalidArgument,
     NotFound,
@@ -207,7 +207,6 @@ class GmailClient:
         self.service = service(self.endpoint)
         self.transport = RequestsHttp()
         self.http = google_auth_httplib2.AuthorizedHttp(credentials, http=self.transport)
-        self._sleep = time.sleep
 
     @property
     def calls(self) -> int:
@@ -217,13 +216,13 @@ class GmailClient:
     # -- retries -----------------------------------------------------------------------------------
 
     def _backoff(self, attempt: int, retry_after: float | None, started: float) -> bool:
-        """Sleeps before the next attempt; False when the budget does not allow one."""
+        """Sleeps (``clock.sleep``) before the next attempt; False when the budget does not allow one."""
         delay = min(MAX_SLEEP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * (0.5 + random.random())  # noqa: S311
         if retry_after is not None:
             delay = max(delay, retry_after)
-        if time.monotonic() - started + delay > RETRY_BUDGET_S:
+        if clock.monotonic() - started + delay > RETRY_BUDGET_S:
             return False
-        self._sleep(delay)
+        clock.sleep(delay)
         return True
 
     def execute(self, make_request: Callable[[], Any]) -> Any:
@@ -232,7 +231,7 @@ class GmailClient:
         ``make_request`` builds a fresh googleapiclient request per attempt. 429, rate-limit 403s and 5xx
         are retried with backoff, at most ``ATTEMPTS`` times within ``RETRY_BUDGET_S``.
         """
-        started = time.monotonic()
+        started = clock.monotonic()
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return make_request().execute(http=self.http)
@@ -316,7 +315,7 @@ class GmailClient:
         """
         found: dict[str, dict[str, Any]] = {}
         pending = list(dict.fromkeys(ids))
-        started = time.monotonic()
+        started = clock.monotonic()
         header_list = list(headers) if fmt == "metadata" else None
         for attempt in range(1, ATTEMPTS + 1):
             retry: list[str] = []
@@ -401,7 +400,7 @@ class GmailClient:
             SendOutcomeUnknown: a 5xx or a broken connection after the request went out; the caller must
                 look for the result (by Message-ID) before anything is sent again.
         """
-        started = time.monotonic()
+        started = clock.monotonic()
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 result = make_request().execute(http=self.http)

@@ -246,6 +246,37 @@ def claim(conn: Connection, user_id: str, key: str, fingerprint: str, *, message
     )
 
 
+def finished(conn: Connection, user_id: str, key: str, fingerprint: str) -> Claim | None:
+    """The stored answer when this request repeats a finished one: one SELECT, nothing claimed.
+
+    Lets the send path answer a repeat before it reads or refreshes any token or calls Gmail (the
+    contract's "returns the stored answer before anything else is done"). Anything else (no row, a row
+    still in progress, an expired one) is left to ``claim``, which decides it atomically.
+
+    Returns:
+        ``Claim(key, replay=..., replay_status=...)`` for a repeat of a finished request; else None.
+
+    Raises:
+        IdempotencyConflict: the key already finished a different request.
+    """
+    existing = conn.one(
+        "SELECT fingerprint, response_status, response_body FROM gmail_idempotency "
+        "WHERE user_id = :user_id AND idempotency_key = :key AND state = 'succeeded' AND expires_at > :now",
+        user_id=user_id,
+        key=key,
+        now=_now(),
+    )
+    if existing is None:
+        return None
+    if existing["fingerprint"] != fingerprint:
+        raise IdempotencyConflict(f"this {KEY_HEADER} was already used with a different request")
+    return Claim(
+        key=key,
+        replay=_json_object(existing["response_body"]),
+        replay_status=int(existing["response_status"] or 200),
+    )
+
+
 def complete(conn: Connection, user_id: str, key: str, *, status: int, body: dict[str, Any]) -> None:
     """Stores the response of the attempt that holds ``key``; repeats now replay it for ``TTL``.
 

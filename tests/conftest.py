@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from devtools.embedded_pg import DEFAULT_PASSWORD, EmbeddedPostgres
-from shared import config, db, logs, schema, secret_manager
+from shared import clock, config, db, logs, schema, secret_manager
 from shared.tokens.cipher import forget_ciphers
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
@@ -152,6 +152,13 @@ def token_endpoint() -> Iterator[FakeTokenEndpoint]:
         SECRET_VALUES.update(fake.refresh_tokens)
 
 
+# What `python -m shared.cli authorize` asks for by default: sending and reading.
+DEFAULT_SCOPES = (
+    "https://www.googleapis.com/auth/gmail.send",
+    "https://www.googleapis.com/auth/gmail.readonly",
+)
+
+
 @pytest.fixture
 def user_token(conn: db.Connection, token_endpoint: FakeTokenEndpoint) -> Callable[..., int]:
     """Stores an equipped token for a user whose refresh token the fake endpoint accepts."""
@@ -163,6 +170,7 @@ def user_token(conn: db.Connection, token_endpoint: FakeTokenEndpoint) -> Callab
         equipped_to: str | None = None,
         legacy_key: bool = False,
         refresh_token: str | None = None,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
         **extra: Any,
     ) -> int:
         refresh = refresh_token or secret("1//refresh")
@@ -185,7 +193,7 @@ def user_token(conn: db.Connection, token_endpoint: FakeTokenEndpoint) -> Callab
             oauth_config=oauth_config,
             expiry=utc_in(expires_in),
             equipped_to=equipped_to,
-            scopes=["https://www.googleapis.com/auth/gmail.send"],
+            scopes=list(scopes),
             **extra,
         )
 
@@ -195,17 +203,49 @@ def user_token(conn: db.Connection, token_endpoint: FakeTokenEndpoint) -> Callab
 MAILBOX = "hong.gildong@example.com"
 
 
+class FakeClock:
+    """``clock.sleep`` and ``clock.monotonic`` for tests: sleeping advances the clock instead of waiting.
+
+    Monotonic time is the real one plus everything slept so far, so durations still measure real work,
+    while backoff, Retry-After and the send path's unknown-outcome wait cost no wall time. ``slept``
+    lists every wait asked for, so a test can check the waits themselves.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.slept: list[float] = []
+        self._real_monotonic = clock.monotonic
+
+    def monotonic(self) -> float:
+        return self._real_monotonic() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.offset += max(0.0, seconds)
+
+
 @pytest.fixture
-def gmail(token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """FakeGmail for MAILBOX, trusting every token the fake endpoint issues; the functions point at it."""
-    from shared import mail
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Replaces ``clock.sleep`` and ``clock.monotonic`` with a clock that advances instead of waiting."""
+    fake = FakeClock()
+    monkeypatch.setattr(clock, "monotonic", fake.monotonic)
+    monkeypatch.setattr(clock, "sleep", fake.sleep)
+    return fake
+
+
+@pytest.fixture
+def gmail(
+    token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch, fake_clock: FakeClock
+) -> Iterator[Any]:
+    """FakeGmail for MAILBOX, trusting every token the fake endpoint issues; the functions point at it.
+
+    With ``fake_clock``: Gmail backoff and the unknown-outcome wait advance a fake clock, never wait.
+    """
     from tests.fakes.gmail import FakeGmail
 
     with FakeGmail(email_address=MAILBOX) as fake:
         fake.trust(token_endpoint)
         monkeypatch.setenv("GMAIL_API_ENDPOINT", fake.url)
-        # FakeGmail indexes a sent message at once; the production wait only slows the tests down.
-        monkeypatch.setattr(mail, "UNKNOWN_OUTCOME_WAIT_S", 0.05)
         yield fake
 
 
@@ -263,8 +303,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         monkeypatch.delenv(name, raising=False)
     secret_manager.secrets.clear()
     forget_ciphers()
-    if "shared.mail" in sys.modules:  # the per-instance sender cache: each test starts without it
-        sys.modules["shared.mail"]._senders.clear()
+    if "shared.mailbox.send" in sys.modules:  # the per-instance sender cache: each test starts without it
+        sys.modules["shared.mailbox.send"]._senders.clear()
     handler = _CaptureHandler()
     root = logging.getLogger()
     root.addHandler(handler)

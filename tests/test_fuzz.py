@@ -23,8 +23,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from werkzeug.test import Client, TestResponse
 
-from shared import gmail as gmail_module
-from shared import mail
+from shared.mailbox import send
 from tests.conftest import row
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.oauth import FakeTokenEndpoint
@@ -50,14 +49,13 @@ def world(
     conn: Any,
     token_endpoint: FakeTokenEndpoint,
     monkeypatch: pytest.MonkeyPatch,
+    fake_clock: Any,
 ) -> Iterator[FakeGmail]:
     """The database with a usable token for SEEDED, and a Gmail that accepts it and holds a message."""
     with FakeGmail(email_address=MAILBOX) as gmail:
         gmail.trust(token_endpoint)
         monkeypatch.setenv("GMAIL_API_ENDPOINT", gmail.url)
-        monkeypatch.setattr(mail, "_senders", {})
-        monkeypatch.setattr(mail, "UNKNOWN_OUTCOME_WAIT_S", 0.01)
-        monkeypatch.setattr(gmail_module, "BACKOFF_BASE_S", 0.001)
+        monkeypatch.setattr(send, "_senders", {})
         row_id = user_token(SEEDED, expires_in=3600, equipped_to="robeing-1")
         gmail.allow_token(row(conn, row_id)["token_data"]["access_token"])
         gmail.add_message(

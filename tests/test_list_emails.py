@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from shared import audit
+from shared import gmail as gmail_module
 from tests.conftest import MAILBOX, row
 from tests.fakes.gmail import FakeGmail
 
@@ -191,6 +192,31 @@ def test_batch_items_still_rate_limited_after_the_retries_are_429(client, alice,
     assert response.get_json()["error"]["code"] == "rate_limited"
     assert int(response.headers["Retry-After"]) >= 1
     assert gmail.batch_sizes == [3, 1, 1, 1]  # shared.gmail.ATTEMPTS rounds
+
+
+def test_backoff_waits_on_the_clock_within_the_budget_and_honours_retry_after(
+    client, alice, gmail, fake_clock
+):
+    seed(gmail, 1)
+    gmail.fail_next(LIST_PATH, 429, count=2, headers={"Retry-After": "3"})
+
+    ok(list_get(client))
+
+    # Two waits, each at least Gmail's Retry-After, taken from the clock (no test waits 6 s for real).
+    assert len(fake_clock.slept) == 2
+    assert all(3 <= wait <= gmail_module.RETRY_BUDGET_S for wait in fake_clock.slept)
+
+
+def test_backoff_stops_when_the_next_wait_would_pass_the_budget(client, alice, gmail, fake_clock):
+    seed(gmail, 1)
+    gmail.fail_next(LIST_PATH, 503, count=10, headers={"Retry-After": "15"})
+
+    response = list_get(client)
+
+    assert response.status_code == 503
+    # One 15 s wait fits in the 20 s budget; a second would not, so Gmail was asked twice, not four times.
+    assert fake_clock.slept == [15.0]
+    assert gmail.count("GET", LIST_PATH) == 2
 
 
 def test_whole_batch_429_is_retried(client, alice, gmail):

@@ -27,7 +27,6 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
 
-from shared import gmail as gmail_module
 from shared import targets
 from tests.conftest import MAILBOX, insert_row, row
 from tests.fakes.gmail import FakeGmail
@@ -218,12 +217,6 @@ def test_every_operation_of_the_spec_is_covered_here() -> None:
 @pytest.fixture
 def api() -> Client:
     return Client(wsgi_app())
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff shortened: these tests check the shape of each answer, not the waiting."""
-    monkeypatch.setattr(gmail_module, "BACKOFF_BASE_S", 0.001)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from shared import audit
-from tests.conftest import MAILBOX, row
+from tests.conftest import MAILBOX, row, utc_in
 from tests.fakes.gmail import FakeGmail
 
 SEND_PATH = r"/messages/send$"
@@ -281,6 +281,27 @@ def test_reply_sets_thread_in_reply_to_references_and_re_subject(
     # The original was read once, for its headers only.
     (get,) = gmail.find("GET", rf"/messages/{original_id}$")
     assert get.param("format") == "metadata"
+
+
+@pytest.mark.parametrize(
+    "decoded",
+    ["Hi\r\nBcc: victim@example.org", "Hi\x00there", "Hi\x1b[31mred", "Hi\x85next\u2028line", "tab\there"],
+)
+def test_reply_to_a_subject_that_decodes_to_control_characters_is_200_with_spaces(
+    client, alice, gmail, decoded
+):
+    encoded = base64.b64encode(decoded.encode()).decode("ascii")
+    original_id = gmail.add_message(original_message(f"=?utf-8?b?{encoded}?="), thread_id="thread-c")
+
+    response = send(client, to="kim@example.org", body="x", reply_to_message_id=original_id)
+
+    assert response.status_code == 200, response.get_json()
+    message = only_sent(gmail)
+    expected = "Re: " + "".join(
+        " " if ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or c == "\u2028" else c for c in decoded
+    )
+    assert message["Subject"] == expected
+    assert message["Bcc"] is None
 
 
 def test_reply_to_unknown_message_is_404_and_nothing_is_sent(client, alice, gmail):
@@ -722,6 +743,28 @@ def test_repeat_with_same_idempotency_key_returns_first_response_and_sends_nothi
     assert second.get_json() == first.get_json()
     assert len(gmail.sent_messages()) == 1
     assert gmail.count("POST", SEND_PATH) == 1
+
+
+def test_repeat_of_a_finished_send_is_answered_before_any_token_or_gmail_work(
+    client, user_token, conn, gmail, token_endpoint
+):
+    row_id = user_token("alice", expires_in=-60)  # expired: any token work would ask Google
+    headers = {"Idempotency-Key": "order-43"}
+    first = send(client, headers, to="a@example.com", subject="s", body="b")
+    assert first.status_code == 200, first.get_json()
+    token_endpoint.clear_requests()
+    gmail.clear_requests()
+    # Expired again, and a refresh token Google would now refuse: only an early answer can be a 200.
+    conn.run("UPDATE gmail_token SET expiry = :past WHERE id = :id", past=utc_in(-60), id=row_id)
+    token_endpoint.revoke(row(conn, row_id)["token_data"]["refresh_token"])
+
+    second = send(client, headers, to="a@example.com", subject="s", body="b")
+
+    assert second.status_code == 200, second.get_json()
+    assert second.get_json() == first.get_json()
+    assert token_endpoint.requests == []
+    assert gmail.requests == []
+    assert len(gmail.sent_messages()) == 1
 
 
 def test_idempotency_key_is_scoped_to_the_user(client, user_token, conn, gmail):

@@ -11,7 +11,7 @@ import responses
 from shared import db
 from shared.tokens import provider
 from shared.tokens.store import DatabaseTokenStore
-from tests.conftest import insert_row, row, secret, utc_in
+from tests.conftest import DEFAULT_SCOPES, insert_row, row, secret, utc_in
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 
@@ -30,7 +30,7 @@ def test_status_reports_connected_token_without_any_token_value(client, user_tok
     assert body["user_id"] == "alice"
     assert body["connected"] is True
     assert body["needs_reauth"] is False
-    assert body["scopes"] == ["https://www.googleapis.com/auth/gmail.send"]
+    assert body["scopes"] == list(DEFAULT_SCOPES)
     assert body["expiry"].endswith("Z")
     assert body["equipped_to"] is None
     stored = row(conn, 1)

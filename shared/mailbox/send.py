@@ -1,18 +1,26 @@
-"""send_email and list_emails: the token store, the Gmail client, MIME, idempotency and audit, together."""
+"""``send_email``: compose and send one message, with the Idempotency-Key and no-blind-resend rules.
+
+Invariants:
+
+- A repeat of a finished send (same key, same request) is answered from the idempotency record before
+  any token is read or refreshed and before Gmail is called.
+- Once Gmail may have the message, it is never sent again blindly: a 5xx or a broken connection is
+  followed by a search for our Message-ID, and an unresolved outcome keeps the key for a checked retry.
+- Once Gmail has the message, the answer is 200 and the key stays taken, whatever fails afterwards.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
-from shared import audit, clock, config, idempotency, mime
+from shared import audit, clock, idempotency
 from shared.errors import SkillEmailError, Unavailable
-from shared.gmail import GmailClient, SendOutcomeUnknown, StoreCredentials
-from shared.request_types import ListEmailsRequest, SendEmailRequest, UserRequest
+from shared.gmail import GmailClient, SendOutcomeUnknown
+from shared.mailbox.session import gmail_client, record_audit
+from shared.mime import compose, decode, request
+from shared.request_types import SendEmailRequest
 from shared.tokens import provider
 from shared.web import Call
 
@@ -20,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 REPLY_HEADERS = ("Message-ID", "References", "Subject")
 # Gmail indexes a just-sent message for search within a second or two; waiting this long before
-# the rfc822msgid: check makes "not found" mean something.
+# the rfc822msgid: check makes "not found" mean something. Waited through clock.sleep.
 UNKNOWN_OUTCOME_WAIT_S = 2.0
 # The mailbox address changes only when a person reconnects another account; Gmail rewrites a From
 # that is not the account's own anyway, so a short cache is safe and saves a round trip per send.
@@ -28,52 +36,6 @@ SENDER_CACHE_S = 600.0
 
 _senders: dict[tuple[str, int | None], tuple[str, float]] = {}
 _senders_lock = threading.Lock()
-
-
-@contextmanager
-def _gmail(
-    session: provider.Session, user_id: str, robeing_id: str | None, log: dict[str, Any]
-) -> Iterator[tuple[GmailClient, provider.TokenRecord]]:
-    record = session.store.usable(user_id, robeing_id)
-
-    def refresh(stale: str | None) -> tuple[str | None, datetime | None]:
-        nonlocal record
-        record = session.store.refresh_record(record, stale)
-        return record.access_token, record.expiry
-
-    credentials = StoreCredentials(record.access_token, record.expiry, refresh)
-    client = GmailClient(config.load_settings().gmail_api_endpoint, credentials)
-    try:
-        yield client, record
-    finally:
-        log["gmail_calls"] = client.calls
-
-
-def _audit(
-    session: provider.Session,
-    args: UserRequest,
-    action: str,
-    call: Call,
-    *,
-    http_status: int,
-    error_code: str | None = None,
-    **extra: Any,
-) -> None:
-    if session.conn is None:
-        return
-    audit.record(
-        session.conn,
-        user_id=args.user_id,
-        robeing_id=args.robeing_id,
-        action=action,
-        status=audit.OK if http_status < 400 else audit.ERROR,
-        http_status=http_status,
-        duration_ms=call.duration_ms(),
-        gmail_calls=int(call.log.get("gmail_calls", 0)),
-        error_code=error_code,
-        trace_id=call.trace_id,
-        **extra,
-    )
 
 
 def _sender(client: GmailClient, record: provider.TokenRecord) -> str:
@@ -91,38 +53,31 @@ def _sender(client: GmailClient, record: provider.TokenRecord) -> str:
 
 def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
     """Sends a message from the user's mailbox; see the README, send_email."""
-    mail = mime.parse_outgoing(args.mail_fields())
+    mail = request.parse_outgoing(args.mail_fields())
     key = idempotency.validate_key(args.idempotency_key)
     log = call.log
     with provider.open_session() as session:
         if key is not None and session.conn is None:
             raise Unavailable("Idempotency-Key needs the database (set DATABASE_URL or DB_URL_SECRET)")
+        fingerprint = idempotency.fingerprint(args.as_body()) if key is not None else ""
+        if key is not None:
+            assert session.conn is not None
+            done = idempotency.finished(session.conn, args.user_id, key, fingerprint)
+            if done is not None and done.replay is not None:
+                return _replay(session, args, call, done)
         claimed = False
         sent: dict[str, Any] | None = None
         try:
-            with _gmail(session, args.user_id, args.robeing_id, log) as (client, record):
+            with gmail_client(session, args.user_id, args.robeing_id, log) as (client, record):
                 sender = _sender(client, record)
-                message_id = mime.new_message_id(sender.rpartition("@")[2] or "skill-email.local")
+                message_id = compose.new_message_id(sender.rpartition("@")[2] or "skill-email.local")
                 if key is not None:
                     assert session.conn is not None
                     claim = idempotency.claim(
-                        session.conn,
-                        args.user_id,
-                        key,
-                        idempotency.fingerprint(args.as_body()),
-                        message_id=message_id,
+                        session.conn, args.user_id, key, fingerprint, message_id=message_id
                     )
-                    if claim.replay is not None:
-                        log["idempotent_replay"] = True
-                        _audit(
-                            session,
-                            args,
-                            audit.SEND_REPLAY,
-                            call,
-                            http_status=claim.replay_status or 200,
-                            gmail_message_id=claim.replay.get("id"),
-                        )
-                        return claim.replay
+                    if claim.replay is not None:  # finished between our look and our claim
+                        return _replay(session, args, call, claim)
                     claimed = True
                     if claim.resume_message_id:
                         message_id = claim.resume_message_id
@@ -134,7 +89,7 @@ def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
                 idempotency.release(
                     session.conn, args.user_id, key, maybe_sent=bool(exc.details.get("maybe_sent"))
                 )
-            _audit(session, args, audit.SEND, call, http_status=exc.status, error_code=exc.code)
+            record_audit(session, args, audit.SEND, call, http_status=exc.status, error_code=exc.code)
             raise
         except Exception:
             if claimed and session.conn is not None and key is not None:
@@ -144,15 +99,31 @@ def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
         return _finish_send(session, args, key, call, sent)
 
 
+def _replay(
+    session: provider.Session, args: SendEmailRequest, call: Call, claim: idempotency.Claim
+) -> dict[str, Any]:
+    assert claim.replay is not None
+    call.log["idempotent_replay"] = True
+    record_audit(
+        session,
+        args,
+        audit.SEND_REPLAY,
+        call,
+        http_status=claim.replay_status or 200,
+        gmail_message_id=claim.replay.get("id"),
+    )
+    return claim.replay
+
+
 def _send(
-    client: GmailClient, mail: mime.OutgoingMail, sender: str, message_id: str, args: SendEmailRequest
+    client: GmailClient, mail: request.OutgoingMail, sender: str, message_id: str, args: SendEmailRequest
 ) -> dict[str, Any]:
     reply = None
     if args.reply_to_message_id:
         original = client.get_message(args.reply_to_message_id, fmt="metadata", headers=REPLY_HEADERS)
-        reply = mime.reply_context_from_gmail(original)
+        reply = decode.reply_context_from_gmail(original)
     thread_id = args.thread_id or (reply.thread_id if reply else None)
-    raw = mime.to_raw(mime.build_message(mail, sender, message_id=message_id, reply=reply))
+    raw = compose.to_raw(compose.build_message(mail, sender, message_id=message_id, reply=reply))
     try:
         return client.send(raw, thread_id)
     except SendOutcomeUnknown as exc:
@@ -204,7 +175,7 @@ def _finish_send(
             # takes it over once stale and finds the message by its Message-ID instead of resending.
             logger.warning("sent, but the Idempotency-Key record was not completed: %s", exc.code)
     call.log["gmail_message_id"] = body["id"]
-    _audit(
+    record_audit(
         session,
         args,
         audit.SEND,
@@ -214,34 +185,3 @@ def _finish_send(
         gmail_thread_id=body["thread_id"],
     )
     return body
-
-
-def list_emails(args: ListEmailsRequest, call: Call) -> dict[str, Any]:
-    """Lists or searches the user's messages; see the README, list_emails."""
-    with provider.open_session() as session:
-        try:
-            with _gmail(session, args.user_id, args.robeing_id, call.log) as (client, _record):
-                listed = client.list_messages(
-                    q=args.q,
-                    label_ids=args.label_ids,
-                    max_results=args.max_results,
-                    page_token=args.page_token,
-                    include_spam_trash=args.include_spam_trash,
-                )
-                ids = [str(item["id"]) for item in listed.get("messages") or [] if item.get("id")]
-                # format=full even without bodies: only it describes the MIME parts, so only it can
-                # list attachments; the bodies it carries are dropped unless include_body.
-                resources = client.get_messages(ids, fmt="full") if ids else []
-            messages = [
-                mime.parse_gmail_message(resource, include_body=args.include_body) for resource in resources
-            ]
-        except SkillEmailError as exc:
-            _audit(session, args, audit.LIST, call, http_status=exc.status, error_code=exc.code)
-            raise
-        call.log["result_count"] = len(messages)
-        _audit(session, args, audit.LIST, call, http_status=200, result_count=len(messages))
-        return {
-            "messages": messages,
-            "next_page_token": listed.get("nextPageToken") or None,
-            "result_size_estimate": int(listed.get("resultSizeEstimate") or 0),
-        }
