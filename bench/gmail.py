@@ -32,6 +32,7 @@ from bench._common import (
     ROOT,
     BenchDatabase,
     Section,
+    allow_token_uri,
     bench_database,
     free_port,
     launch_until_ok,
@@ -413,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             token_endpoint.add_refresh_token(REFRESH_TOKEN)
             gmail.trust(token_endpoint)
+            allow_token_uri(f"{token_endpoint.url}/token")
             seed_token(database, f"{token_endpoint.url}/token")
             seed_mailbox(gmail, SEEDED_MESSAGES)
             with environment(database, gmail) as env:

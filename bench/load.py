@@ -62,6 +62,7 @@ from typing import Any
 import pg8000.native
 import requests
 
+from bench._common import allow_token_uri
 from devtools.embedded_pg import EmbeddedPostgres
 from shared import db, schema
 from shared.tokens.record import EXPIRY_MARGIN
@@ -250,6 +251,7 @@ class Fakes:
         if not self._conn.poll(60):
             raise RuntimeError("the fakes process did not start within 60 s")
         self.urls = self._conn.recv()
+        allow_token_uri(self.token_uri)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

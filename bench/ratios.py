@@ -517,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             fake.command(cmd="add", prefix=token_store.REFRESH_PREFIX, count=count)
             token_endpoint.add_refresh_token(gmail_bench.REFRESH_TOKEN)
             gmail.trust(token_endpoint)
+            _common.allow_token_uri(f"{token_endpoint.url}/token")
             gmail_bench.seed_token(database, f"{token_endpoint.url}/token")
             gmail_bench.seed_mailbox(gmail, gmail_bench.SEEDED_MESSAGES)
             with database.connection() as conn:

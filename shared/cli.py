@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,9 +15,70 @@ from typing import Any
 from shared import audit, config, db, logs, schema
 from shared.config import ConfigError
 from shared.errors import SkillEmailError
-from shared.tokens import crypto, maintenance, provider
+from shared.tokens import keyring, maintenance, provider
 from shared.tokens.cipher import keyring_text, token_cipher
+from shared.tokens.crypto import TokenCipher
 from shared.tokens.record import authorized_user_to_row
+
+USER_ID_MAX = 100  # gmail_token.user_id is VARCHAR(100)
+ROBEING_ID_MAX = 50  # gmail_token.equipped_to is VARCHAR(50)
+
+
+class CommandError(Exception):
+    """A bad argument or input file: printed as one line, exit status 2."""
+
+
+def _identifier(what: str, max_length: int) -> Any:
+    def check(value: str) -> str:
+        if not 1 <= len(value) <= max_length:
+            raise argparse.ArgumentTypeError(f"{what} must be 1 to {max_length} characters")
+        if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+            raise argparse.ArgumentTypeError(f"{what} must not contain control characters")
+        return value
+
+    return check
+
+
+user_id_arg = _identifier("a user id", USER_ID_MAX)
+robeing_id_arg = _identifier("a robeing id", ROBEING_ID_MAX)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a file; any problem is a one-line CommandError naming the file, never its text."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        # The decoder's message gives a position only, never the content (which may hold secrets).
+        raise CommandError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise CommandError(f"{path} is not a JSON object")
+    return data
+
+
+def _note_previous(user_id: str, robeing_id: str | None, stored: maintenance.StoreOutcome) -> None:
+    """Says on stderr which earlier token a store kept, or took over from (see StoreOutcome)."""
+    if stored.previous_row_id is None:
+        return
+    target = f"for robeing {robeing_id!r}" if robeing_id else "for no robeing"
+    previous = stored.previous_equipped_to
+    where = f"equipped to robeing {previous!r}" if previous else "equipped to no robeing"
+    if stored.outcome == "kept" and previous == robeing_id:
+        note = f"kept {user_id}: it already has a token {where}; --replace overwrites it"
+    elif stored.outcome == "kept":
+        note = (
+            f"kept {user_id}: it already has a token {where}, which calls without robeing_id use; "
+            f"--replace stores this one {target} beside it, and those calls would then use the new one"
+        )
+    else:
+        note = (
+            f"{user_id}: calls without robeing_id now use the token just stored {target}, no longer the "
+            f"one {where} (calls naming that robeing still do)"
+        )
+    print(note, file=sys.stderr)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -36,14 +98,16 @@ def cmd_import_tokens(args: argparse.Namespace) -> int:
     with db.connection() as conn:
         for path in sorted(directory.glob("*.json")):
             try:
-                info = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(info, dict) or not (info.get("refresh_token") or info.get("token")):
-                    raise ValueError("not an authorized-user token file")
-            except (ValueError, UnicodeDecodeError) as exc:
-                print(f"skipped {path.name}: {exc}", file=sys.stderr)
+                user_id_arg(path.stem)
+                info = _read_json_object(path)
+                if not (info.get("refresh_token") or info.get("token")):
+                    raise CommandError("not an authorized-user token file")
+            except (argparse.ArgumentTypeError, CommandError) as exc:
+                shown = path.name if path.name.isprintable() else ascii(path.name)  # no terminal escapes
+                print(f"skipped {shown}: {exc}", file=sys.stderr)
                 counts["invalid"] += 1
                 continue
-            outcome = maintenance.store_token(
+            stored = maintenance.store_token(
                 conn,
                 path.stem,
                 authorized_user_to_row(info),
@@ -51,7 +115,8 @@ def cmd_import_tokens(args: argparse.Namespace) -> int:
                 cipher=cipher,
                 replace=args.replace,
             )
-            counts[outcome] += 1
+            _note_previous(path.stem, args.robeing_id, stored)
+            counts[stored.outcome] += 1
     print(
         " ".join(f"{name}={counts[name]}" for name in ("inserted", "updated", "unchanged", "kept", "invalid"))
     )
@@ -60,27 +125,29 @@ def cmd_import_tokens(args: argparse.Namespace) -> int:
 
 def cmd_add_token(args: argparse.Namespace) -> int:
     if args.file:
-        info = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        info = _read_json_object(Path(args.file))
     else:
         info = {
             "refresh_token": args.refresh_token,
             "client_id": args.client_id,
             "client_secret": args.client_secret,
             "token": args.access_token,
-            "scopes": args.scope or ["https://www.googleapis.com/auth/gmail.modify"],
+            # What authorize asks for: what the token most likely holds (--scope says otherwise).
+            "scopes": args.scope or list(DEFAULT_SCOPES),
         }
     if not info.get("refresh_token"):
         print("a refresh token is required (--file or --refresh-token)", file=sys.stderr)
         return 2
     with db.connection() as conn:
-        outcome = maintenance.store_token(
+        stored = maintenance.store_token(
             conn,
             args.user_id,
             authorized_user_to_row(info),
             equipped_to=args.robeing_id,
             cipher=token_cipher(),
         )
-    print(f"{args.user_id}: {outcome}")
+    print(f"{args.user_id}: {stored.outcome}")
+    _note_previous(args.user_id, args.robeing_id, stored)
     return 0
 
 
@@ -117,7 +184,9 @@ def credentials_to_row(credentials: Any) -> dict[str, Any]:
     )
 
 
-def store_credentials(user_id: str, credentials: Any, robeing_id: str | None = None) -> str:
+def store_credentials(
+    user_id: str, credentials: Any, robeing_id: str | None = None
+) -> maintenance.StoreOutcome:
     """Stores a freshly consented token as the user's equipped row; returns ``store_token``'s outcome."""
     with db.connection() as conn:
         return maintenance.store_token(
@@ -172,10 +241,11 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     if not credentials.refresh_token:
         print("Google returned no refresh token; nothing was stored", file=sys.stderr)
         return 1
-    outcome = store_credentials(args.user_id, credentials, args.robeing_id)
+    stored = store_credentials(args.user_id, credentials, args.robeing_id)
     row = credentials_to_row(credentials)
     missing = [scope for scope in scopes if scope not in row["scopes"]]
-    print(f"{args.user_id}: {outcome}; scopes: {' '.join(row['scopes'])}")
+    print(f"{args.user_id}: {stored.outcome}; scopes: {' '.join(row['scopes'])}")
+    _note_previous(args.user_id, args.robeing_id, stored)
     if missing:
         print(f"warning: Google did not grant {' '.join(missing)}", file=sys.stderr)
     return 0
@@ -188,11 +258,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_generate_key(args: argparse.Namespace) -> int:
     key_id = args.key_id
-    print(json.dumps({"primary": key_id, "keys": {key_id: crypto.generate_key()}}))
+    print(json.dumps({"primary": key_id, "keys": {key_id: keyring.generate_key()}}))
     return 0
 
 
-def _keyring_cipher() -> crypto.TokenCipher:
+def _keyring_cipher() -> TokenCipher:
     cipher = token_cipher()
     if cipher is None:
         raise ConfigError("set TOKEN_KEYS (local) or TOKEN_KEY_SECRET to the keyring first")
@@ -227,6 +297,9 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def cmd_decrypt_tokens(args: argparse.Namespace) -> int:
+    if config.load_settings().require_encrypted_tokens:
+        # Every row written back in plain text would be refused at once by the functions.
+        raise ConfigError(f"turn {config.REQUIRE_ENCRYPTED_TOKENS} off (and redeploy) before decrypt-tokens")
     counts = _reseal(True, args.batch_size)
     return 3 if counts.busy else 0
 
@@ -236,8 +309,8 @@ def cmd_add_key(args: argparse.Namespace) -> int:
     if not text:
         raise ConfigError("set TOKEN_KEYS or TOKEN_KEY_SECRET to the current keyring first")
     try:
-        print(crypto.with_new_primary(text, args.key_id))
-    except crypto.KeyringError as exc:
+        print(keyring.with_new_primary(text, args.key_id))
+    except keyring.KeyringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -260,31 +333,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     importer = commands.add_parser("import-tokens", help="import authorized-user JSON files (<user_id>.json)")
     importer.add_argument("directory")
-    importer.add_argument("--robeing-id", help="equip the imported tokens to this robeing")
     importer.add_argument(
-        "--replace", action="store_true", help="overwrite a user's existing equipped token (default: keep it)"
+        "--robeing-id", type=robeing_id_arg, help="equip the imported tokens to this robeing"
+    )
+    importer.add_argument(
+        "--replace",
+        action="store_true",
+        help="store even for a user who already has an equipped token (default: keep that one)",
     )
     importer.set_defaults(run=cmd_import_tokens)
 
     adder = commands.add_parser("add-token", help="store one user's token from a file or from flags")
-    adder.add_argument("user_id")
+    adder.add_argument("user_id", type=user_id_arg)
     adder.add_argument("--file", help="a Google authorized-user JSON file")
     adder.add_argument("--refresh-token")
     adder.add_argument("--access-token")
     adder.add_argument("--client-id")
     adder.add_argument("--client-secret")
-    adder.add_argument("--scope", action="append")
-    adder.add_argument("--robeing-id")
+    adder.add_argument("--scope", action="append", help=f"repeatable; default {' '.join(DEFAULT_SCOPES)}")
+    adder.add_argument("--robeing-id", type=robeing_id_arg)
     adder.set_defaults(run=cmd_add_token)
 
     authorize = commands.add_parser(
         "authorize", help="run Google's consent flow in a browser and store the user's token"
     )
-    authorize.add_argument("user_id")
+    authorize.add_argument("user_id", type=user_id_arg)
     authorize.add_argument(
         "--client-secrets", required=True, help="the OAuth client's JSON (type: Desktop app)"
     )
-    authorize.add_argument("--robeing-id", help="equip the token to this robeing")
+    authorize.add_argument("--robeing-id", type=robeing_id_arg, help="equip the token to this robeing")
     authorize.add_argument("--scope", action="append", help=f"repeatable; default {' '.join(DEFAULT_SCOPES)}")
     authorize.add_argument(
         "--port", type=int, default=0, help="the local redirect port (default 0: any free port)"
@@ -298,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     authorize.set_defaults(run=cmd_authorize)
 
     status = commands.add_parser("status", help="print token_status for a user")
-    status.add_argument("user_id")
-    status.add_argument("--robeing-id")
+    status.add_argument("user_id", type=user_id_arg)
+    status.add_argument("--robeing-id", type=robeing_id_arg)
     status.set_defaults(run=cmd_status)
 
     keygen = commands.add_parser(
@@ -329,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
 
     audit_log = commands.add_parser("audit", help="print a user's latest audit rows, newest first")
-    audit_log.add_argument("user_id")
+    audit_log.add_argument("user_id", type=user_id_arg)
     audit_log.add_argument("--limit", type=int, default=50)
     audit_log.set_defaults(run=cmd_audit)
     return parser
@@ -337,13 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Quiet by default: a command's output is what it prints; LOG_LEVEL turns the JSON logs on.
-    logs.configure(config.load_settings().log_level if os.environ.get("LOG_LEVEL") else "WARNING")
+    # Quiet by default: a command's output is what it prints (results on stdout, errors as one line on
+    # stderr); LOG_LEVEL turns the JSON logs on, on stderr too, so stdout stays the result alone.
+    level = os.environ.get("LOG_LEVEL", "").strip()
+    logs.configure(level.upper() if level else "CRITICAL", stream=sys.stderr)
     try:
         return int(args.run(args))
     except SkillEmailError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -28,6 +28,13 @@ def sleep(seconds: float) -> None:
         time.sleep(seconds)
 
 
+def from_library_clock(value: dt.datetime) -> dt.datetime:
+    """An instant a library computed from the machine's clock (google-auth's token expiry), moved onto
+    this one, as naive UTC: the same instant in production, and consistent when a test moves time."""
+    machine_now = dt.datetime.now(UTC).replace(tzinfo=None)
+    return to_naive_utc(utcnow()) + (to_naive_utc(value) - machine_now)
+
+
 def to_naive_utc(value: dt.datetime) -> dt.datetime:
     """Converts an aware or naive-UTC datetime to naive UTC (what google-auth and the table use)."""
     if value.tzinfo is not None:

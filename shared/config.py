@@ -26,9 +26,26 @@ LOG_LEVEL = "LOG_LEVEL"
 GOOGLE_CLOUD_PROJECT = "GOOGLE_CLOUD_PROJECT"
 REFRESH_CONCURRENCY = "REFRESH_CONCURRENCY"
 AUDIT_RETENTION_DAYS = "AUDIT_RETENTION_DAYS"
+ALLOWED_TOKEN_URIS = "ALLOWED_TOKEN_URIS"
+REQUIRE_ENCRYPTED_TOKENS = "REQUIRE_ENCRYPTED_TOKENS"
+ACTIVE_DAYS = "ACTIVE_DAYS"
+REFRESH_TASKS_QUEUE = "REFRESH_TASKS_QUEUE"
+REFRESH_TASKS_URL = "REFRESH_TASKS_URL"
+REFRESH_TASKS_SERVICE_ACCOUNT = "REFRESH_TASKS_SERVICE_ACCOUNT"
+CLOUD_TASKS_ENDPOINT = "CLOUD_TASKS_ENDPOINT"
 
 DEFAULT_GMAIL_API_ENDPOINT = "https://gmail.googleapis.com"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+# Google's token endpoint under the names older client libraries and authorized-user files carry; a
+# row naming one of these is honoured without a warning (they are Google's, and answer alike).
+GOOGLE_TOKEN_URIS = frozenset(
+    {
+        DEFAULT_TOKEN_URI,
+        "https://accounts.google.com/o/oauth2/token",
+        "https://www.googleapis.com/oauth2/v4/token",
+        "https://www.googleapis.com/oauth2/v3/token",
+    }
+)
 TOKEN_PROVIDERS = ("database", "file")
 # Workers of the scheduled refresh, each holding one database connection: 1,000 tokens behind a 100 ms
 # token endpoint take about 1000 * 0.1 / 16 = 6 s, and 16 connections fit a small Cloud SQL instance.
@@ -37,6 +54,9 @@ DEFAULT_REFRESH_CONCURRENCY = 16
 # plus a month, enough for a yearly abuse or access review.
 DEFAULT_AUDIT_RETENTION_DAYS = 400
 MAX_AUDIT_RETENTION_DAYS = 36500
+# A token used within this many days is refreshed before it expires; one idle longer only when a call
+# needs it, and once a day so that a revoked grant is still found (docs/performance.md, "A million").
+DEFAULT_ACTIVE_DAYS = 7
 
 
 class ConfigError(Unavailable):
@@ -59,6 +79,14 @@ class Settings:
     project: str | None
     refresh_concurrency: int
     audit_retention_days: int
+    allowed_token_uris: frozenset[str]
+    require_encrypted_tokens: bool
+    active_days: int = DEFAULT_ACTIVE_DAYS
+    # The scheduled run's fan-out (all three set, or none: then every slice runs inline).
+    refresh_tasks_queue: str | None = None
+    refresh_tasks_url: str | None = None
+    refresh_tasks_service_account: str | None = None
+    cloud_tasks_endpoint: str | None = None
 
 
 def _env(name: str) -> str | None:
@@ -77,6 +105,15 @@ def _whole_number(name: str, default: int, minimum: int, maximum: int) -> int:
     return value
 
 
+def _flag(name: str) -> bool:
+    text = (_env(name) or "false").lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false")
+
+
 def load_settings() -> Settings:
     """Reads and checks every setting from the environment.
 
@@ -88,6 +125,11 @@ def load_settings() -> Settings:
         raise ConfigError(f"{TOKEN_PROVIDER} must be one of {', '.join(TOKEN_PROVIDERS)}")
     concurrency = _whole_number(REFRESH_CONCURRENCY, DEFAULT_REFRESH_CONCURRENCY, 1, 128)
     retention = _whole_number(AUDIT_RETENTION_DAYS, DEFAULT_AUDIT_RETENTION_DAYS, 1, MAX_AUDIT_RETENTION_DAYS)
+    tasks = (_env(REFRESH_TASKS_QUEUE), _env(REFRESH_TASKS_URL), _env(REFRESH_TASKS_SERVICE_ACCOUNT))
+    if any(tasks) and not all(tasks):
+        raise ConfigError(
+            f"{REFRESH_TASKS_QUEUE}, {REFRESH_TASKS_URL} and {REFRESH_TASKS_SERVICE_ACCOUNT} go together"
+        )
     return Settings(
         database_url=_env(DATABASE_URL),
         db_url_secret=_env(DB_URL_SECRET),
@@ -101,6 +143,15 @@ def load_settings() -> Settings:
         project=_env(GOOGLE_CLOUD_PROJECT),
         refresh_concurrency=concurrency,
         audit_retention_days=retention,
+        allowed_token_uris=frozenset(
+            uri.strip() for uri in (_env(ALLOWED_TOKEN_URIS) or "").split(",") if uri.strip()
+        ),
+        require_encrypted_tokens=_flag(REQUIRE_ENCRYPTED_TOKENS),
+        active_days=_whole_number(ACTIVE_DAYS, DEFAULT_ACTIVE_DAYS, 1, 365),
+        refresh_tasks_queue=tasks[0],
+        refresh_tasks_url=tasks[1],
+        refresh_tasks_service_account=tasks[2],
+        cloud_tasks_endpoint=_env(CLOUD_TASKS_ENDPOINT),
     )
 
 

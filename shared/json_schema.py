@@ -52,6 +52,10 @@ def field_schema(field: Field) -> dict[str, Any]:
         }
         if field.max_length is not None:
             schema["maxItems"] = field.max_length
+    elif field.kind == "int_list":
+        schema = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1}}
+        if field.max_length is not None:
+            schema["maxItems"] = field.max_length
     elif field.kind == "any":
         schema = copy.deepcopy(dict(field.schema or {}))
     else:

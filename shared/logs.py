@@ -16,7 +16,7 @@ import re
 import sys
 import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(r"token|secret|password|passwd|authorization|credential|key|cookie", re.IGNORECASE)
@@ -103,14 +103,18 @@ class JsonFormatter(logging.Formatter):
 _configured = False
 
 
-def configure(level: str = "INFO") -> None:
-    """Sends log records to stdout as JSON lines (once per process) at ``level``."""
+def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Sends log records as JSON lines (once per process) at ``level``, to ``stream`` (default stdout).
+
+    The functions log to stdout, which Cloud Logging reads; the operator CLI passes stderr, so that its
+    stdout holds only results.
+    """
     global _configured
     root = logging.getLogger()
     root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
     if _configured:
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
     # Plain-text handlers (basicConfig's, a framework's) would print the same record unscrubbed.
     for existing in list(root.handlers):

@@ -29,7 +29,8 @@ FALSE_WORDS = frozenset({"false", "0", "no"})
 
 @dataclass(frozen=True)
 class Field:
-    """One accepted field: its kind (``str``, ``id``, ``int``, ``bool``, ``str_list``, ``any``) and bounds.
+    """One accepted field: its kind (``str``, ``id``, ``int``, ``bool``, ``str_list``, ``int_list``, ``any``)
+    and its bounds.
 
     ``schema`` is the JSON Schema of an ``any`` field, whose value the code that understands it checks
     (the message fields of a send); ``description`` is shown to agents in MCP tool schemas.
@@ -198,6 +199,14 @@ def _check(name: str, spec: Field, value: Any, from_query: bool) -> Any:
                 return False
         if not isinstance(value, bool):
             raise InvalidArgument(f"{name}: must be true or false")
+        return value
+    if spec.kind == "int_list":
+        if not isinstance(value, list) or not all(
+            isinstance(item, int) and not isinstance(item, bool) and item >= 1 for item in value
+        ):
+            raise InvalidArgument(f"{name}: must be a list of positive whole numbers")
+        if not value or (spec.max_length is not None and len(value) > spec.max_length):
+            raise InvalidArgument(f"{name}: 1 to {spec.max_length} items")
         return value
     if spec.kind == "str_list":
         items = value.split(",") if from_query and isinstance(value, str) else value

@@ -51,17 +51,24 @@ class TokenStatusRequest(UserRequest):
     """``token_status``."""
 
 
+# A fanned-out scheduled run's slice (shared/tokens/scheduled.py SLICE_SIZE), with room to spare.
+MAX_SLICE_ROWS = 5000
+
+
 @dataclass(frozen=True)
 class RefreshTokensRequest(Request):
-    """``refresh_tokens``: one user's token now (``user_id``), or the scheduled run (no user)."""
+    """``refresh_tokens``: one user's token now (``user_id``), the scheduled run (no user), or one slice
+    of a fanned-out scheduled run (``row_ids``, sent by the run's own Cloud Tasks)."""
 
     user_id: str | None = None
     robeing_id: str | None = None
     window_seconds: int = DEFAULT_WINDOW_SECONDS
+    row_ids: list[int] | None = None
 
     FIELDS: ClassVar[dict[str, Field]] = {
         "user_id": ident(100),
         "robeing_id": ident(50),
+        "row_ids": Field("int_list", max_length=MAX_SLICE_ROWS),
         "window_seconds": Field("int", minimum=0, maximum=MAX_WINDOW_SECONDS, default=DEFAULT_WINDOW_SECONDS),
     }
 

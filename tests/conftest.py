@@ -144,9 +144,10 @@ def utc_in(seconds: float) -> datetime:
 
 
 @pytest.fixture
-def token_endpoint() -> Iterator[FakeTokenEndpoint]:
-    """Google's token endpoint on loopback."""
+def token_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTokenEndpoint]:
+    """Google's token endpoint on loopback, listed in ALLOWED_TOKEN_URIS so rows may name it."""
     with FakeTokenEndpoint() as fake:
+        monkeypatch.setenv(config.ALLOWED_TOKEN_URIS, f"{fake.url}/token")
         yield fake
         SECRET_VALUES.update(fake.issued_access_tokens)
         SECRET_VALUES.update(fake.refresh_tokens)
@@ -299,6 +300,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         config.GMAIL_API_ENDPOINT,
         config.GOOGLE_CLOUD_PROJECT,
         config.AUDIT_RETENTION_DAYS,
+        config.ALLOWED_TOKEN_URIS,
+        config.REQUIRE_ENCRYPTED_TOKENS,
     ):
         monkeypatch.delenv(name, raising=False)
     secret_manager.secrets.clear()

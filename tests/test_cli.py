@@ -343,12 +343,12 @@ def test_key_commands_encrypt_rotate_and_decrypt_the_table(
     import json as json_module
 
     from shared import cli
-    from shared.tokens import crypto
+    from shared.tokens import keyring
     from tests.conftest import SECRET_VALUES, row
 
     row_id = user_token("cli-user", expires_in=3600)
     plain = row(conn, row_id)["token_data"]["refresh_token"]
-    first = crypto.generate_key()
+    first = keyring.generate_key()
     SECRET_VALUES.add(first)
     monkeypatch.setenv("TOKEN_KEYS", json_module.dumps({"primary": "k1", "keys": {"k1": first}}))
     assert cli.main(["encrypt-tokens"]) == 0

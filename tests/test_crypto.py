@@ -14,15 +14,12 @@ from hypothesis import strategies as st
 from shared.errors import SkillEmailError
 from shared.tokens.crypto import (
     DecryptionError,
-    KeyringError,
     TokenCipher,
-    derive_key_id,
     encrypted_key_id,
-    generate_key,
     is_encrypted,
     open_row_without_key,
-    with_new_primary,
 )
+from shared.tokens.keyring import KeyringError, derive_key_id, generate_key, with_new_primary
 
 # Fixed keys, so a failing test is reproducible; distinctive enough to search for in error messages.
 KEY1 = base64.b64encode(bytes(range(32))).decode()

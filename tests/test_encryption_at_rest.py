@@ -7,8 +7,8 @@ import json
 import pytest
 
 from shared import db
-from shared.tokens import crypto
 from shared.tokens.cipher import token_cipher
+from shared.tokens.keyring import generate_key
 from shared.tokens.maintenance import reseal_rows
 from tests.conftest import SECRET_VALUES, row
 from tests.fakes.secret_manager import FakeSecretManager
@@ -20,7 +20,7 @@ def keyring(primary: str, *names: str, keys: dict[str, str]) -> str:
 
 @pytest.fixture
 def keys() -> dict[str, str]:
-    generated = {"k1": crypto.generate_key(), "k2": crypto.generate_key()}
+    generated = {"k1": generate_key(), "k2": generate_key()}
     SECRET_VALUES.update(generated.values())
     return generated
 

@@ -17,6 +17,8 @@ SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 PROSE = {"description", "example", "examples", "summary"}
 # Targets whose body is not a request of fields: mcp's is a JSON-RPC message.
 NOT_FIELDS = {"mcp"}
+# Fields accepted but deliberately left out of the documented API, and why.
+UNDOCUMENTED = {("refresh_tokens", "row_ids"): "sent only by the scheduled run's own Cloud Tasks"}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,9 @@ FIELD_TARGETS = [target for target in targets.TARGETS if target.name not in NOT_
 def test_generated_request_schema_is_the_documented_one(spec, target):
     documented = documented_fields(spec, target.name)
     generated = without_prose(json_schema.request_schema(target.request))
+    for target_name, field_name in UNDOCUMENTED:
+        if target_name == target.name:
+            del generated["properties"][field_name]
     assert documented["additionalProperties"] is False
     assert set(documented.get("required", [])) == set(generated.get("required", []))
     assert set(documented["properties"]) == set(generated["properties"])

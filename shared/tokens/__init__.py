@@ -11,7 +11,8 @@ at rest, the refresh against Google's token endpoint, and the scheduled refresh.
 - ``store``: the database store, one connection per invocation. ``scheduled``: its scheduled refresh.
 - ``files``: the file store (``TOKEN_PROVIDER=file``).
 - ``maintenance``: operator writes (import, add, re-seal under a new key).
-- ``crypto``: encryption at rest of a row's secret values; ``cipher``: the instance's keyring cipher.
+- ``crypto``: encryption at rest of a row's secret values; ``keyring``: the keys' text forms and rotation;
+  ``cipher``: the instance's cipher, built once per keyring.
 - ``oauth``: the call to Google's token endpoint. ``provider``: which store serves an invocation.
 
 May import: ``shared.clock``, ``shared.config``, ``shared.db``, ``shared.errors``, ``shared.transport``

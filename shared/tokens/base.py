@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.errors import InvalidArgument
 from shared.tokens.record import TokenRecord
 
 
@@ -83,7 +84,24 @@ class TokenStore(abc.ABC):
         """
         record = self.find(user_id, robeing_id)
         record.check_usable()
+        self.note_use(record)
         return self.refresh(record, force=False) if record.needs_refresh() else record
+
+    def refresh_slice(self, row_ids: list[int], window_seconds: int) -> RefreshSummary:
+        """One slice of a fanned-out scheduled run (a Cloud Task's ``row_ids``).
+
+        Raises:
+            InvalidArgument: this store keeps no rows to slice (the file store).
+        """
+        del row_ids, window_seconds
+        raise InvalidArgument("row_ids: only the database token store is refreshed in slices")
+
+    def note_use(self, record: TokenRecord) -> None:
+        """Records that a call is using ``record`` (the scheduled run refreshes used tokens early).
+
+        A store without a scheduled run that cares (the file store) records nothing.
+        """
+        del record
 
     def refresh_record(self, record: TokenRecord, stale_access_token: str | None) -> TokenRecord:
         """Refreshes the token a call is using because it expired or Gmail refused it."""

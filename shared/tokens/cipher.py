@@ -11,7 +11,8 @@ import threading
 
 from shared import config
 from shared.config import ConfigError, Settings
-from shared.tokens.crypto import KeyringError, TokenCipher
+from shared.tokens.crypto import TokenCipher
+from shared.tokens.keyring import KeyringError
 
 _ciphers: dict[str, TokenCipher] = {}
 _lock = threading.Lock()
@@ -32,12 +33,17 @@ def token_cipher(settings: Settings | None = None) -> TokenCipher | None:
     """The at-rest cipher when ``TOKEN_KEYS`` or ``TOKEN_KEY_SECRET`` is set, else None (plaintext).
 
     Raises:
-        ConfigError: the keyring is malformed.
+        ConfigError: the keyring is malformed, or ``REQUIRE_ENCRYPTED_TOKENS`` is on without one.
         Unavailable: Secret Manager could not be read.
     """
     settings = settings or config.load_settings()
     text = keyring_text(settings)
     if text is None:
+        if settings.require_encrypted_tokens:
+            raise ConfigError(
+                f"{config.REQUIRE_ENCRYPTED_TOKENS}=true needs a keyring: set {config.TOKEN_KEY_SECRET} "
+                f"(or {config.TOKEN_KEYS} locally)"
+            )
         return None
     digest = hashlib.sha256(text.encode()).hexdigest()
     with _lock:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -35,22 +33,19 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.errors import Internal
+from shared.tokens.keyring import KEY_BYTES, KeyringError, check_key_id, parse_keyring
 
 PREFIX = "enc:"
 """Every value starting with this is treated as encrypted, never as a token (see :func:`is_encrypted`)."""
 
 _VERSION = "v1"
-_KEY_BYTES = 32  # AES-256
 _NONCE_BYTES = 12  # 96 bits, the nonce size GCM is specified for
 _TAG_BYTES = 16
 # Random 96-bit nonces are safe for about 2**32 encryptions under one key (NIST SP 800-38D); a token write
 # happens once an hour per user at most, so rotation for other reasons comes long before that limit.
 _AAD_PREFIX = b"skill-email/v1|"
 
-# Key ids appear in every encrypted value and in log lines, so they are short and plain. Capping them at 32
-# characters also means a 32-byte key pasted where an id belongs (44 characters in base64) is never a valid
-# id, so error messages may name valid ids without ever echoing key material.
-_KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+# The key id part matches keyring.KEY_ID_RE.
 _VALUE_RE = re.compile(r"enc:v1:([A-Za-z0-9_.-]{1,32}):([A-Za-z0-9_-]+)")
 
 # Where each secret lives -> the field name bound into the associated data.
@@ -62,10 +57,6 @@ TOKEN_DATA_SECRETS: Mapping[str, str] = {
 OAUTH_CONFIG_SECRETS: Mapping[str, str] = {
     "client_secret": "oauth_config.client_secret",
 }
-
-
-class KeyringError(ValueError):
-    """The keyring text is malformed; the message never contains key material."""
 
 
 class DecryptionError(Internal):
@@ -99,44 +90,6 @@ def encrypted_key_id(value: object) -> str | None:
         return None
     match = _VALUE_RE.fullmatch(value)
     return match.group(1) if match else None
-
-
-def generate_key() -> str:
-    """Makes a new random key for a keyring.
-
-    Returns:
-        The standard base64 of 32 random bytes, e.g. for ``{"primary": "k1", "keys": {"k1": KEY}}``.
-    """
-    return base64.b64encode(os.urandom(_KEY_BYTES)).decode("ascii")
-
-
-def derive_key_id(key: bytes) -> str:
-    """Returns the id of a bare key: the first 8 hex characters of a domain-separated SHA-256 of it.
-
-    Deterministic, so every instance given the same bare key names it the same way.
-    """
-    return hashlib.sha256(b"skill-email key id|" + key).hexdigest()[:8]
-
-
-def with_new_primary(text: str, key_id: str) -> str:
-    """The keyring ``text`` plus a fresh key ``key_id`` as its primary, every old key kept under its id.
-
-    A bare-key keyring keeps its key under :func:`derive_key_id`, the id its ciphertexts carry.
-
-    Raises:
-        KeyringError: ``text`` is malformed, ``key_id`` is malformed or already in the keyring.
-    """
-    TokenCipher.from_keyring(text)  # the same checks the functions apply, before anything is built on it
-    _check_key_id(key_id, "new key id")
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        keys = dict(json.loads(stripped)["keys"])
-    else:
-        keys = {derive_key_id(_decode_key(stripped, "bare keyring key")): stripped}
-    if key_id in keys:
-        raise KeyringError(f"key id {key_id!r} is already in the keyring")
-    keys[key_id] = generate_key()
-    return json.dumps({"primary": key_id, "keys": keys})
 
 
 def open_row_without_key(
@@ -179,31 +132,6 @@ def open_row_without_key(
     return dict(token_data), (dict(oauth_config) if oauth_config is not None else None)
 
 
-def _decode_key(text: object, what: str) -> bytes:
-    """Decodes one base64 (standard or URL-safe, padding optional) 32-byte key; errors name only ``what``."""
-    if not isinstance(text, str):
-        raise KeyringError(f"{what} must be a base64 string")
-    compact = "".join(text.split())
-    # Accept both alphabets: keys pasted from other tools are often URL-safe or lack padding.
-    compact = compact.replace("-", "+").replace("_", "/")
-    compact += "=" * (-len(compact) % 4)
-    try:
-        key = base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        # `from None`: the decoder's message can quote the input's length or characters.
-        raise KeyringError(f"{what} is not valid base64") from None
-    if len(key) != _KEY_BYTES:
-        raise KeyringError(f"{what} must decode to {_KEY_BYTES} bytes, not {len(key)}")
-    return key
-
-
-def _check_key_id(key_id: object, what: str) -> str:
-    if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
-        # The id itself is not quoted: a malformed id may well be a key pasted into the wrong place.
-        raise KeyringError(f"{what} must be 1-32 characters of A-Z, a-z, 0-9, '_', '.', '-' (no ':')")
-    return key_id
-
-
 class TokenCipher:
     """Encrypts and decrypts the secret values of ``gmail_token`` rows with a keyring of AES-256-GCM keys.
 
@@ -231,11 +159,11 @@ class TokenCipher:
             raise KeyringError("keyring holds no keys")
         self._aeads: dict[str, AESGCM] = {}
         for index, (key_id, key) in enumerate(keys.items(), start=1):
-            _check_key_id(key_id, f"key id #{index}")
-            if not isinstance(key, bytes | bytearray) or len(key) != _KEY_BYTES:
-                raise KeyringError(f"key {key_id!r} must be {_KEY_BYTES} bytes")
+            check_key_id(key_id, f"key id #{index}")
+            if not isinstance(key, bytes | bytearray) or len(key) != KEY_BYTES:
+                raise KeyringError(f"key {key_id!r} must be {KEY_BYTES} bytes")
             self._aeads[key_id] = AESGCM(bytes(key))
-        _check_key_id(primary_key_id, "primary key id")
+        check_key_id(primary_key_id, "primary key id")
         if primary_key_id not in self._aeads:
             raise KeyringError(f"primary key id {primary_key_id!r} is not among the keys {self.key_ids}")
         self.primary_key_id = primary_key_id
@@ -248,7 +176,7 @@ class TokenCipher:
 
         - JSON ``{"primary": "k2", "keys": {"k1": "<base64 32 bytes>", "k2": "..."}}``; ``primary`` may be
           left out when there is exactly one key.
-        - A bare base64 32-byte key; its id is :func:`derive_key_id` of it.
+        - A bare base64 32-byte key; its id is ``keyring.derive_key_id`` of it.
 
         Args:
             text: The keyring text; surrounding whitespace (a trailing newline) is ignored.
@@ -260,36 +188,7 @@ class TokenCipher:
             KeyringError: The text is malformed. The message says what is wrong and never contains key
                 material; it is raised ``from None`` so no chained exception carries the text either.
         """
-        if not isinstance(text, str):
-            raise KeyringError("keyring must be text")
-        stripped = text.strip()
-        if not stripped:
-            raise KeyringError("keyring is empty")
-        if not stripped.startswith("{"):
-            key = _decode_key(stripped, "bare keyring key")
-            return cls({derive_key_id(key): key}, derive_key_id(key))
-        try:
-            document = json.loads(stripped)
-        except ValueError:
-            raise KeyringError("keyring is not valid JSON") from None
-        if not isinstance(document, dict):
-            raise KeyringError('keyring JSON must be an object {"primary": ..., "keys": {...}}')
-        if set(document) - {"primary", "keys"}:
-            # Field names are not quoted: they are arbitrary text from the secret.
-            raise KeyringError('keyring JSON has unknown fields; only "primary" and "keys" are allowed')
-        raw_keys = document.get("keys")
-        if not isinstance(raw_keys, dict) or not raw_keys:
-            raise KeyringError('keyring JSON needs "keys": a non-empty object of key id -> base64 key')
-        keys: dict[str, bytes] = {}
-        for index, (key_id, encoded) in enumerate(raw_keys.items(), start=1):
-            _check_key_id(key_id, f"key id #{index}")
-            keys[key_id] = _decode_key(encoded, f"key {key_id!r}")
-        primary = document.get("primary")
-        if primary is None:
-            if len(keys) != 1:
-                raise KeyringError('keyring JSON with several keys needs "primary"')
-            primary = next(iter(keys))
-        _check_key_id(primary, '"primary"')
+        keys, primary = parse_keyring(text)
         return cls(keys, primary)
 
     @property

@@ -40,9 +40,14 @@ def _fingerprint(data: dict[str, Any]) -> str:
 class FileTokenStore(TokenStore):
     """Tokens as ``TOKEN_DIR/<user_id>.json``; robeing routing does not apply to files."""
 
-    def __init__(self, token_dir: str | None) -> None:
+    def __init__(self, token_dir: str | None, *, require_encrypted: bool = False) -> None:
         if not token_dir:
             raise ConfigError("TOKEN_DIR must be set when TOKEN_PROVIDER=file")
+        if require_encrypted:
+            # Token files are Google's authorized-user JSON, plain text by nature: no file could ever be
+            # used, and reconnecting would not change that, so this is the operator's error (503), not
+            # every user's 401.
+            raise ConfigError("REQUIRE_ENCRYPTED_TOKENS=true cannot hold with TOKEN_PROVIDER=file")
         self.root = Path(token_dir).resolve()
 
     def path_for(self, user_id: str) -> Path:

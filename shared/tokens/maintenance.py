@@ -17,6 +17,22 @@ from shared.tokens.crypto import TokenCipher
 from shared.tokens.record import TokenRecord, row_json
 
 
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What ``store_token`` did, and which earlier token it concerns.
+
+    ``outcome`` is ``inserted``, ``updated``, ``unchanged`` or ``kept``. ``previous_row_id`` and
+    ``previous_equipped_to`` name the token a call without ``robeing_id`` used before, when it is not the
+    row written: for ``kept``, the token kept in its place; for ``inserted``/``updated``, the token such
+    calls no longer use (the row written is now the most recently updated). None: there was none, or it
+    was the row written.
+    """
+
+    outcome: str
+    previous_row_id: int | None = None
+    previous_equipped_to: str | None = None
+
+
 def store_token(
     conn: db.Connection,
     user_id: str,
@@ -25,11 +41,15 @@ def store_token(
     equipped_to: str | None = None,
     cipher: TokenCipher | None = None,
     replace: bool = True,
-) -> str:
-    """Stores a user's token as an equipped row; returns ``inserted``, ``updated``, ``unchanged`` or ``kept``.
+) -> StoreOutcome:
+    """Stores a user's token as an equipped row.
 
-    An existing equipped row for the same user and robeing is updated in place (``replace``) or kept;
-    a row holding the same refresh token is left unchanged, so imports can run again.
+    A row holding the same refresh token for that user and robeing is left ``unchanged``, so imports can
+    run again. Otherwise, with ``replace``, the user's equipped row for that robeing is ``updated`` in
+    place, or a row is ``inserted``. Without ``replace``, a user who already has any equipped token (for
+    this robeing, another one or none) keeps it: ``kept``, and nothing is written, because a new row
+    would become the most recently updated one and silently take over every call made without
+    ``robeing_id``.
 
     Args:
         conn: the connection.
@@ -37,24 +57,24 @@ def store_token(
         values: the columns, as ``record.authorized_user_to_row`` makes them.
         equipped_to: the robeing to equip it to (None: the user's robeing-less token).
         cipher: seals the secrets when a keyring is configured.
-        replace: overwrite the existing equipped row for that user and robeing.
+        replace: write even when the user already has an equipped token.
     """
     token_data = dict(values["token_data"])
     oauth_config = dict(values["oauth_config"]) if values.get("oauth_config") is not None else None
     with conn.transaction():
-        existing = conn.one(
+        equipped = conn.run(
             f"SELECT {sql.COLUMNS} FROM gmail_token WHERE user_id = :user_id AND is_equipped "
-            "AND equipped_to IS NOT DISTINCT FROM CAST(:equipped_to AS VARCHAR) "
-            f"ORDER BY {sql.WINNER_ORDER} LIMIT 1 FOR UPDATE",
+            f"ORDER BY {sql.WINNER_ORDER} FOR UPDATE",
             user_id=user_id,
-            equipped_to=equipped_to,
         )
+        winner = equipped[0] if equipped else None
+        existing = next((row for row in equipped if row["equipped_to"] == equipped_to), None)
         if existing is not None:
             current = TokenRecord.from_row(existing, cipher)
             if current.refresh_token and current.refresh_token == token_data.get("refresh_token"):
-                return "unchanged"
-            if not replace:
-                return "kept"
+                return StoreOutcome("unchanged")
+        if not replace and winner is not None:
+            return StoreOutcome("kept", winner["id"], winner["equipped_to"])
         if cipher is not None:
             token_data, oauth_config = cipher.seal_row(token_data, oauth_config, user_id=user_id)
         params = {
@@ -70,18 +90,22 @@ def store_token(
                 id=existing["id"],
                 **params,
             )
-            return "updated"
-        conn.run(
-            "INSERT INTO gmail_token (user_id, robeing_id, token_data, oauth_config, scopes, expiry, "
-            "is_equipped, equipped_to, created_at, updated_at) VALUES (:user_id, :equipped_to, "
-            "CAST(:token_data AS JSONB), CAST(:oauth_config AS JSONB), CAST(:scopes AS TEXT[]), "
-            ":expiry, true, "
-            ":equipped_to, (now() AT TIME ZONE 'UTC'), (now() AT TIME ZONE 'UTC'))",
-            user_id=user_id,
-            equipped_to=equipped_to,
-            **params,
-        )
-        return "inserted"
+            outcome, written = "updated", existing["id"]
+        else:
+            inserted = conn.one(
+                "INSERT INTO gmail_token (user_id, robeing_id, token_data, oauth_config, scopes, expiry, "
+                "is_equipped, equipped_to, created_at, updated_at) VALUES (:user_id, :equipped_to, "
+                "CAST(:token_data AS JSONB), CAST(:oauth_config AS JSONB), CAST(:scopes AS TEXT[]), "
+                ":expiry, true, "
+                ":equipped_to, (now() AT TIME ZONE 'UTC'), (now() AT TIME ZONE 'UTC')) RETURNING id",
+                user_id=user_id,
+                equipped_to=equipped_to,
+                **params,
+            )
+            outcome, written = "inserted", (inserted or {}).get("id")
+        if winner is not None and winner["id"] != written:
+            return StoreOutcome(outcome, winner["id"], winner["equipped_to"])
+        return StoreOutcome(outcome)
 
 
 @dataclass

@@ -25,6 +25,7 @@ __all__ = [
     "TokenStore",
     "open_session",
     "refresh_due",
+    "refresh_slice",
     "refresh_user",
     "token_status",
 ]
@@ -43,7 +44,7 @@ def open_session() -> Iterator[Session]:
     """The configured store, and the database connection it (or audit and idempotency) uses."""
     settings = config.load_settings()
     if settings.token_provider == "file":
-        files = FileTokenStore(settings.token_dir)
+        files = FileTokenStore(settings.token_dir, require_encrypted=settings.require_encrypted_tokens)
         if not (settings.database_url or settings.db_url_secret):
             yield Session(files, None)
             return
@@ -58,6 +59,8 @@ def open_session() -> Iterator[Session]:
             cipher,
             connect=lambda: db.connection(params),
             concurrency=settings.refresh_concurrency,
+            require_encrypted=settings.require_encrypted_tokens,
+            active_days=settings.active_days,
         )
         yield Session(store, conn)
 
@@ -78,3 +81,9 @@ def refresh_due(window_seconds: int) -> dict[str, Any]:
     """``refresh_tokens`` without a user: the scheduled run over every token the store holds."""
     with open_session() as session:
         return session.store.refresh_due(window_seconds).as_dict()
+
+
+def refresh_slice(row_ids: list[int], window_seconds: int) -> dict[str, Any]:
+    """``refresh_tokens`` with ``row_ids``: one slice of a fanned-out scheduled run (a Cloud Task)."""
+    with open_session() as session:
+        return session.store.refresh_slice(row_ids, window_seconds).as_dict()

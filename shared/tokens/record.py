@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from shared import clock, config
 from shared.errors import ReauthRequired
-from shared.tokens.crypto import TokenCipher, open_row_without_key
+from shared.tokens.crypto import (
+    OAUTH_CONFIG_SECRETS,
+    TOKEN_DATA_SECRETS,
+    TokenCipher,
+    is_encrypted,
+    open_row_without_key,
+)
 
 if TYPE_CHECKING:
     from shared.tokens.oauth import RefreshedToken
@@ -44,6 +50,32 @@ def row_json(row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | N
     """The row's ``token_data`` and ``oauth_config`` as dicts, as stored (a NULL oauth_config stays None)."""
     oauth_config = row.get("oauth_config")
     return json_object(row.get("token_data")), None if oauth_config is None else json_object(oauth_config)
+
+
+def plaintext_secret_fields(
+    token_data: Mapping[str, Any], oauth_config: Mapping[str, Any] | None
+) -> list[str]:
+    """The names (never the values) of the secret fields a row holds in plain text, as stored.
+
+    Besides the fields encryption at rest seals, this counts the places ``from_row`` also takes a
+    client secret from (``token_data.client_secret``, a pasted ``installed``/``web`` client), which are
+    never sealed: with ``REQUIRE_ENCRYPTED_TOKENS`` a secret found there must not be sent either.
+    """
+    places: list[tuple[str, Mapping[str, Any] | None, tuple[str, ...]]] = [
+        ("token_data", token_data, (*TOKEN_DATA_SECRETS, "client_secret")),
+        ("oauth_config", oauth_config, tuple(OAUTH_CONFIG_SECRETS)),
+    ]
+    for nested in ("installed", "web"):
+        inner = (oauth_config or {}).get(nested)
+        if isinstance(inner, Mapping):
+            places.append((f"oauth_config.{nested}", inner, ("client_secret",)))
+    found: list[str] = []
+    for column, data, names in places:
+        for name in names:
+            value = (data or {}).get(name)
+            if isinstance(value, str) and value.strip() and not is_encrypted(value):
+                found.append(f"{column}.{name}")
+    return found
 
 
 def _text(value: Any) -> str | None:
@@ -94,22 +126,35 @@ class TokenRecord:
     needs_reauth: bool = False
     reauth_reason: str | None = None
     refused: str | None = None
+    last_used_at: datetime | None = None
     token_data: dict[str, Any] = field(default_factory=dict, repr=False)
     oauth_config: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], cipher: TokenCipher | None) -> TokenRecord:
+    def from_row(
+        cls, row: Mapping[str, Any], cipher: TokenCipher | None, *, require_encrypted: bool = False
+    ) -> TokenRecord:
         """Decodes a ``gmail_token`` row (or a file shaped like one), whatever shape its JSON columns have.
 
         Args:
             row: the row's columns (``token_data`` and ``oauth_config`` as stored, possibly sealed).
             cipher: opens sealed values; None when no keyring is configured.
+            require_encrypted: ``REQUIRE_ENCRYPTED_TOKENS``: a row holding any secret in plain text is
+                decoded with ``refused`` set (its plaintext values are then never used).
 
         Raises:
             DecryptionError: a sealed value cannot be opened.
         """
         user_id = str(row["user_id"])
         token_data, oauth_config = row_json(row)
+        refused = None
+        if require_encrypted:
+            plaintext = plaintext_secret_fields(token_data, oauth_config)
+            if plaintext:
+                refused = (
+                    f"this token's {', '.join(plaintext)} is stored in plain text and "
+                    "REQUIRE_ENCRYPTED_TOKENS is on: store it again (encrypted) or run encrypt-tokens"
+                )
         opener = cipher.open_row if cipher else open_row_without_key
         token_data, oauth_config = opener(token_data, oauth_config, user_id=user_id)
         client = dict(oauth_config or {})
@@ -131,6 +176,8 @@ class TokenRecord:
             expiry=_parse_expiry(row.get("expiry")) or _parse_expiry(token_data.get("expiry")),
             needs_reauth=bool(row.get("needs_reauth")),
             reauth_reason=row.get("reauth_reason"),
+            refused=refused,
+            last_used_at=_parse_expiry(row.get("last_used_at")),
             token_data=token_data,
             oauth_config=oauth_config,
         )

@@ -16,6 +16,27 @@ from typing import Any
 WINNER_ORDER = "updated_at DESC NULLS LAST, id DESC"
 
 
+def beats(winner: str, row: str) -> str:
+    """SQL that is true when the row aliased ``winner`` sorts before ``row`` in ``WINNER_ORDER``.
+
+    The same order as ``WINNER_ORDER``, written as a comparison so that "is this due row the one its
+    lookup would pick?" is one index probe per row (tests/test_scale_rules.py holds the two to agreement).
+    """
+    return (
+        f"(({winner}.updated_at IS NOT NULL AND {row}.updated_at IS NULL) "
+        f"OR {winner}.updated_at > {row}.updated_at "
+        f"OR ({winner}.updated_at IS NOT DISTINCT FROM {row}.updated_at AND {winner}.id > {row}.id))"
+    )
+
+
+# When the scheduled run should next look at a row: ``check_at`` once it has set one, else the
+# token's expiry (rows written before the column existed, or by other services), else at once. The
+# expression index ``gmail_token_equipped_due_idx`` is on exactly this, so the due set is one range
+# scan; the deadline is cast so the comparison stays timestamp-to-timestamp and can use it.
+DUE_AT = "COALESCE(check_at, expiry, TIMESTAMP '-infinity')"
+IS_DUE = f"{DUE_AT} < CAST(:deadline AS TIMESTAMP)"
+
+
 def fingerprint_sql(token_data: str, oauth_config: str) -> str:
     """The SQL hash of the credentials Google judged, over the given JSONB expressions.
 
@@ -32,7 +53,7 @@ NEEDS_REAUTH = f"(reauth_required_at IS NOT NULL AND reauth_fingerprint = {REAUT
 
 # Every column TokenRecord.from_row reads.
 COLUMNS = (
-    "id, user_id, token_data, oauth_config, scopes, expiry, equipped_to, reauth_reason, "
+    "id, user_id, token_data, oauth_config, scopes, expiry, equipped_to, reauth_reason, last_used_at, "
     f"{NEEDS_REAUTH} AS needs_reauth"
 )
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import timedelta
 
-from shared import db
+from shared import clock, config, db
 from shared.errors import NotFound, ReauthRequired, SkillEmailError
 from shared.tokens import scheduled, sql
 from shared.tokens.base import RefreshSummary, TokenStore
@@ -20,6 +21,10 @@ from shared.tokens.crypto import TokenCipher
 from shared.tokens.record import TokenRecord
 
 logger = logging.getLogger(__name__)
+
+# A use is written at most this often per token: enough for a rule counted in days, and an active
+# token costs one small UPDATE an hour rather than one per call.
+USE_GRANULARITY = timedelta(hours=1)
 
 Connect = Callable[[], AbstractContextManager[db.Connection]]
 
@@ -33,6 +38,7 @@ class DatabaseTokenStore(TokenStore):
         connect: opens another connection like ``conn`` (the scheduled run's extra workers); None
             means the scheduled run uses ``conn`` alone.
         concurrency: the scheduled run's workers, each one connection, ``conn`` included.
+        require_encrypted: ``REQUIRE_ENCRYPTED_TOKENS``: a row with a plaintext secret is refused.
     """
 
     def __init__(
@@ -42,19 +48,30 @@ class DatabaseTokenStore(TokenStore):
         *,
         connect: Connect | None = None,
         concurrency: int = 1,
+        require_encrypted: bool = False,
+        active_days: int = config.DEFAULT_ACTIVE_DAYS,
     ) -> None:
         self.conn = conn
         self.cipher = cipher
+        self.require_encrypted = require_encrypted
         self.connect = connect
         self.concurrency = concurrency if connect is not None else 1
+        self.active_days = active_days
 
     def on(self, conn: db.Connection) -> DatabaseTokenStore:
         """The same store (cipher and settings) over another connection."""
-        return DatabaseTokenStore(conn, self.cipher, connect=self.connect, concurrency=self.concurrency)
+        return DatabaseTokenStore(
+            conn,
+            self.cipher,
+            connect=self.connect,
+            concurrency=self.concurrency,
+            require_encrypted=self.require_encrypted,
+            active_days=self.active_days,
+        )
 
     def decode(self, row: dict[str, object]) -> TokenRecord:
         """A row read with ``sql.COLUMNS`` as a record, secrets opened."""
-        return TokenRecord.from_row(row, self.cipher)
+        return TokenRecord.from_row(row, self.cipher, require_encrypted=self.require_encrypted)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -92,6 +109,31 @@ class DatabaseTokenStore(TokenStore):
             return NotFound("this user's Gmail tokens are stored but none is equipped (is_equipped = false)")
         return NotFound("no Gmail token is stored for this user")
 
+    def note_use(self, record: TokenRecord) -> None:
+        """Writes ``last_used_at`` at most once per ``USE_GRANULARITY``, and pulls an idle token's next
+        scheduled look forward to its expiry, so the scheduled run keeps it fresh from now on.
+
+        Bookkeeping: it never waits for a row another invocation is refreshing (SKIP LOCKED), and a
+        failure is logged, not raised: the call itself can still be served.
+        """
+        now = clock.to_naive_utc(clock.utcnow())
+        if record.row_id is None or (record.last_used_at and record.last_used_at > now - USE_GRANULARITY):
+            return
+        try:
+            self.conn.run(
+                "UPDATE gmail_token SET last_used_at = :now, "
+                "check_at = CASE WHEN check_at > expiry THEN expiry ELSE check_at END "
+                "WHERE id = (SELECT id FROM gmail_token WHERE id = :id FOR UPDATE SKIP LOCKED)",
+                now=now,
+                id=record.row_id,
+            )
+        except SkillEmailError as exc:
+            logger.warning(
+                "token use not recorded: %s", exc.code, extra={"fields": {"row_id": record.row_id}}
+            )
+            return
+        record.last_used_at = now
+
     # -- refreshing ------------------------------------------------------------------------------
 
     def refresh(
@@ -115,7 +157,7 @@ class DatabaseTokenStore(TokenStore):
             if row is None:
                 raise NotFound("the token was deleted while it was being refreshed")
             record = self.decode(row)
-            record.check_usable()
+            record.check_usable()  # a refused record raises before anything is sent
             if not record.needs_refresh(force=force, stale_access_token=stale_access_token):
                 return record
             try:
@@ -149,10 +191,20 @@ class DatabaseTokenStore(TokenStore):
             stored_data, stored_config = self.cipher.seal_row(
                 token_data, oauth_config, user_id=record.user_id
             )
+        now = clock.to_naive_utc(clock.utcnow())
         self.conn.run(
-            sql.update_token_json("expiry = :expiry", sql.TOUCH, sql.CLEAR_REAUTH),
+            sql.update_token_json(
+                "expiry = :expiry",
+                # Used lately: look again when it expires. Idle: only for the daily check.
+                "check_at = CASE WHEN last_used_at >= :active_since THEN CAST(:expiry AS TIMESTAMP) "
+                "ELSE CAST(:idle_check_at AS TIMESTAMP) END",
+                sql.TOUCH,
+                sql.CLEAR_REAUTH,
+            ),
             **sql.json_params(stored_data, stored_config),
             expiry=refreshed.expiry,
+            active_since=now - timedelta(days=self.active_days),
+            idle_check_at=now + scheduled.IDLE_CHECK_EVERY,
             id=record.row_id,
         )
         record.access_token = refreshed.access_token
@@ -166,8 +218,11 @@ class DatabaseTokenStore(TokenStore):
         """Marks the row as refused by Google, until its credentials change (``sql.NEEDS_REAUTH``)."""
         self.conn.run(
             "UPDATE gmail_token SET reauth_required_at = (now() AT TIME ZONE 'UTC'), "
-            f"reauth_reason = :reason, reauth_fingerprint = {sql.REAUTH_FINGERPRINT} WHERE id = :id",
+            f"reauth_reason = :reason, reauth_fingerprint = {sql.REAUTH_FINGERPRINT}, "
+            # Looked at daily: a new token stored by someone else lapses the mark (sql.NEEDS_REAUTH).
+            "check_at = :check_at WHERE id = :id",
             reason=reason[:64],
+            check_at=clock.to_naive_utc(clock.utcnow()) + scheduled.IDLE_CHECK_EVERY,
             id=row_id,
         )
         logger.warning("token needs re-authorisation", extra={"fields": {"row_id": row_id, "reason": reason}})
@@ -175,3 +230,7 @@ class DatabaseTokenStore(TokenStore):
     def refresh_due(self, window_seconds: int) -> RefreshSummary:
         """The scheduled run over the table; see ``scheduled.refresh_due``."""
         return scheduled.refresh_due(self, window_seconds)
+
+    def refresh_slice(self, row_ids: list[int], window_seconds: int) -> RefreshSummary:
+        """One slice of a fanned-out scheduled run; see ``scheduled.refresh_slice``."""
+        return scheduled.refresh_slice(self, row_ids, window_seconds)
