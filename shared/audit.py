@@ -1,4 +1,4 @@
-"""The audit log: one ``gmail_audit_logs`` row per send and list, for operators and abuse review.
+"""The audit log: one ``gmail_audit_logs`` row per send, list and read, for operators and abuse review.
 
 A row says who (user, robeing), what (action), how it ended (status, HTTP status, error code), what
 Gmail returned (message and thread ids, result count) and what it cost (duration, Gmail calls). It never
@@ -28,6 +28,9 @@ SEND = "send"
 LIST = "list"
 # A repeat answered from the Idempotency-Key record: nothing was sent.
 SEND_REPLAY = "send_replay"
+READ = "read"
+READ_THREAD = "read_thread"
+ATTACHMENT = "attachment"
 OK = "ok"
 ERROR = "error"
 

@@ -60,6 +60,7 @@ SIMPLE_SEND_MAX_BYTES = 5 * 1024 * 1024
 MAX_MESSAGE_BYTES = 35 * 1024 * 1024
 METADATA_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "References", "In-Reply-To")
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"})
+SCOPE_REASONS = frozenset({"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"})
 PERMISSION_REASONS = frozenset(
     {"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT", "forbidden", "PERMISSION_DENIED"}
 )
@@ -163,7 +164,9 @@ def classify(exc: HttpError) -> _Failure:
         return _Failure(
             PermissionDenied(
                 "Gmail refused: the token lacks the permission (scope) this call "
-                "needs; reconnect Gmail granting it"
+                "needs; reconnect Gmail granting it",
+                # Only these say "scope"; "forbidden" is about the mailbox (delegation), not the token.
+                scope_insufficient=reason in SCOPE_REASONS or "scope" in message.lower(),
             ),
             False,
         )
@@ -215,7 +218,7 @@ class GmailClient:
 
     # -- retries -----------------------------------------------------------------------------------
 
-    def _backoff(self, attempt: int, retry_after: float | None, started: float) -> bool:
+    def backoff(self, attempt: int, retry_after: float | None, started: float) -> bool:
         """Sleeps (``clock.sleep``) before the next attempt; False when the budget does not allow one."""
         delay = min(MAX_SLEEP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * (0.5 + random.random())  # noqa: S311
         if retry_after is not None:
@@ -239,13 +242,18 @@ class GmailClient:
                 failure = classify(exc)
                 if not failure.retryable or attempt == ATTEMPTS:
                     raise failure.error from exc
-                if not self._backoff(attempt, failure.retry_after, started):
+                if not self.backoff(attempt, failure.retry_after, started):
                     raise failure.error from exc
                 logger.info("Gmail answered %s; retrying (attempt %d)", exc.resp.status, attempt + 1)
             except requests.RequestException as exc:
-                if attempt == ATTEMPTS or not self._backoff(attempt, None, started):
+                if attempt == ATTEMPTS or not self.backoff(attempt, None, started):
                     raise Unavailable("Gmail could not be reached") from exc
         raise AssertionError("unreachable")
+
+    def execute_for_object(self, make_request: Callable[[], Any]) -> dict[str, Any]:
+        """``execute``, for a method whose answer is a JSON object ({} if Gmail answered anything else)."""
+        result = self.execute(make_request)
+        return result if isinstance(result, dict) else {}
 
     # -- calls ---------------------------------------------------------------------------------------
 
@@ -267,9 +275,8 @@ class GmailClient:
         include_spam_trash: bool,
     ) -> dict[str, Any]:
         """One page of users.messages.list."""
-
-        def make() -> Any:
-            return (
+        return self.execute_for_object(
+            lambda: (
                 self.service.users()
                 .messages()
                 .list(
@@ -281,29 +288,37 @@ class GmailClient:
                     includeSpamTrash=include_spam_trash,
                 )
             )
-
-        result = self.execute(make)
-        return result if isinstance(result, dict) else {}
+        )
 
     def get_message(
         self, message_id: str, *, fmt: str = "metadata", headers: Iterable[str] = METADATA_HEADERS
     ) -> dict[str, Any]:
         """One users.messages.get."""
-
-        def make() -> Any:
-            return (
+        header_list = list(headers) if fmt == "metadata" else None
+        return self.execute_for_object(
+            lambda: (
                 self.service.users()
                 .messages()
-                .get(
-                    userId="me",
-                    id=message_id,
-                    format=fmt,
-                    metadataHeaders=list(headers) if fmt == "metadata" else None,
-                )
+                .get(userId="me", id=message_id, format=fmt, metadataHeaders=header_list)
             )
+        )
 
-        result = self.execute(make)
-        return result if isinstance(result, dict) else {}
+    def get_thread(self, thread_id: str) -> dict[str, Any]:
+        """One users.threads.get (``format=full``): every message of the thread in one round trip."""
+        return self.execute_for_object(
+            lambda: self.service.users().threads().get(userId="me", id=thread_id, format="full")
+        )
+
+    def get_attachment(self, message_id: str, attachment_id: str) -> dict[str, Any]:
+        """One users.messages.attachments.get, read whole: ``{size, data}`` (for body parts, not files)."""
+        return self.execute_for_object(
+            lambda: (
+                self.service.users()
+                .messages()
+                .attachments()
+                .get(userId="me", messageId=message_id, id=attachment_id)
+            )
+        )
 
     def get_messages(
         self, ids: list[str], *, fmt: str, headers: Iterable[str] = METADATA_HEADERS
@@ -328,7 +343,7 @@ class GmailClient:
             if not retry:
                 break
             pending = retry
-            if attempt == ATTEMPTS or not self._backoff(attempt, last.retry_after if last else None, started):
+            if attempt == ATTEMPTS or not self.backoff(attempt, last.retry_after if last else None, started):
                 assert last is not None
                 raise last.error
         return [found[message_id] for message_id in ids if message_id in found]
@@ -412,14 +427,14 @@ class GmailClient:
                 # 429 and rate-limit 403s are refusals: nothing was sent, so trying again is safe.
                 if not failure.retryable or attempt == ATTEMPTS:
                     raise failure.error from exc
-                if not self._backoff(attempt, failure.retry_after, started):
+                if not self.backoff(attempt, failure.retry_after, started):
                     raise failure.error from exc
             except requests.RequestException as exc:
                 if not _never_sent(exc):
                     raise SendOutcomeUnknown(
                         f"the connection broke during the send ({type(exc).__name__})"
                     ) from exc
-                if attempt == ATTEMPTS or not self._backoff(attempt, None, started):
+                if attempt == ATTEMPTS or not self.backoff(attempt, None, started):
                     raise Unavailable("Gmail could not be reached") from exc
         raise AssertionError("unreachable")
 

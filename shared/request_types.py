@@ -97,6 +97,53 @@ class ListEmailsRequest(UserRequest):
     }
 
 
+# Gmail ids are short hex strings; attachment ids are long tokens (Gmail's run to ~1,000 characters).
+MAX_ID_CHARS = 256
+MAX_ATTACHMENT_ID_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class GetEmailRequest(UserRequest):
+    """``get_email``."""
+
+    message_id: str = ""
+    max_body_chars: int | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        "message_id": Field("str", required=True, min_length=1, max_length=MAX_ID_CHARS),
+        "max_body_chars": Field("int", minimum=1),
+    }
+
+
+@dataclass(frozen=True)
+class GetThreadRequest(UserRequest):
+    """``get_thread``."""
+
+    thread_id: str = ""
+    max_body_chars: int | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        "thread_id": Field("str", required=True, min_length=1, max_length=MAX_ID_CHARS),
+        "max_body_chars": Field("int", minimum=1),
+    }
+
+
+@dataclass(frozen=True)
+class GetAttachmentRequest(UserRequest):
+    """``get_attachment``: ``attachment_id`` as listed in a MESSAGE's ``attachments``."""
+
+    message_id: str = ""
+    attachment_id: str = ""
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        "message_id": Field("str", required=True, min_length=1, max_length=MAX_ID_CHARS),
+        "attachment_id": Field("str", required=True, min_length=1, max_length=MAX_ATTACHMENT_ID_CHARS),
+    }
+
+
 # The fields that describe the message itself. They are checked in depth by the MIME request parser
 # (addresses, base64, CR/LF), so here they are only declared, with the JSON Schema that tells a caller
 # (an MCP tool's input schema, docs/openapi.yaml) what that parser takes; this is the one list of them.

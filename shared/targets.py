@@ -58,6 +58,24 @@ TARGETS: tuple[Target, ...] = (
         "lists / searches the user's messages, with decoded headers and optionally bodies",
     ),
     Target(
+        "get_email",
+        ("GET", "POST"),
+        rt.GetEmailRequest,
+        "one message, with decoded bodies and every header a reply needs",
+    ),
+    Target(
+        "get_thread",
+        ("GET", "POST"),
+        rt.GetThreadRequest,
+        "a whole conversation, oldest message first",
+    ),
+    Target(
+        "get_attachment",
+        ("GET",),
+        rt.GetAttachmentRequest,
+        "the bytes of one attachment",
+    ),
+    Target(
         "refresh_tokens",
         ("POST",),
         rt.RefreshTokensRequest,

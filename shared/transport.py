@@ -77,5 +77,15 @@ class RequestsHttp:
         result.reason = response.reason or ""
         return result, response.content
 
+    def stream(self, uri: str, headers: dict[str, str]) -> requests.Response:
+        """A GET whose body is read as it arrives (``iter_content``), counted like any other request.
+
+        The caller must close the response (or read it to the end).
+        """
+        self.calls += 1
+        return self.session.get(
+            uri, headers=headers, timeout=self.timeout, stream=True, allow_redirects=False
+        )
+
     def close(self) -> None:
         """Nothing to close: the session outlives the invocation on purpose."""

@@ -41,12 +41,17 @@ def _utf8_json(body: Any) -> bytes:
 
 
 def error_body(error: SkillEmailError) -> dict[str, Any]:
-    """The contract's error body, ``{"error": {"code", "message"}}``, for HTTP and MCP alike."""
+    """The contract's error body, ``{"error": {"code", "message"}}`` plus the details it names, for HTTP
+    and MCP alike."""
     body: dict[str, Any] = {"error": {"code": error.code, "message": error.message}}
     message_id = error.details.get("message_id")
     if isinstance(message_id, str):
         # The no-blind-resend rule answers "outcome unknown" with the Message-ID to look for.
         body["error"]["message_id"] = message_id
+    required_scopes = error.details.get("required_scopes")
+    if isinstance(required_scopes, list):
+        # A 403 for scopes names the scopes (full URLs), any one of which would do.
+        body["error"]["required_scopes"] = [str(scope) for scope in required_scopes]
     return body
 
 

@@ -295,6 +295,46 @@ def test_get_full_has_parts_data_and_attachment_ids(gmail: FakeGmail) -> None:
     assert base64.urlsafe_b64decode(fetched["data"]) == b"%PDF-1.4 data"
 
 
+def test_small_attachment_comes_inline_without_an_attachment_id_when_asked(gmail: FakeGmail) -> None:
+    gmail.inline_data_max_bytes = 100
+    message_id = gmail.add_message(_raw("tiny", attachment=("tiny.bin", b"\x00\x01tiny")))
+    message = (
+        _gmail_service(gmail).users().messages().get(userId="me", id=message_id, format="full").execute()
+    )
+    _, attachment = message["payload"]["parts"]
+    assert attachment["filename"] == "tiny.bin"
+    assert "attachmentId" not in attachment["body"]
+    assert base64.urlsafe_b64decode(attachment["body"]["data"]) == b"\x00\x01tiny"
+
+
+def test_threads_get_returns_the_thread_oldest_first_with_full_payloads(gmail: FakeGmail) -> None:
+    later = gmail.add_message(_raw("second"), thread_id="t-1", internal_date_ms=2_000)
+    earlier = gmail.add_message(_raw("first"), thread_id="t-1", internal_date_ms=1_000)
+    gmail.add_message(_raw("elsewhere"), thread_id="t-2")
+    threads = _gmail_service(gmail).users().threads()
+
+    thread = threads.get(userId="me", id="t-1", format="full").execute()
+
+    assert thread["id"] == "t-1"
+    assert [m["id"] for m in thread["messages"]] == [earlier, later]
+    assert all(m["threadId"] == "t-1" for m in thread["messages"])
+    assert thread["messages"][0]["payload"]["mimeType"] == "text/plain"
+    assert int(thread["historyId"]) == max(int(m["historyId"]) for m in thread["messages"])
+    metadata = threads.get(userId="me", id="t-1", format="metadata", metadataHeaders=["Subject"]).execute()
+    assert [h["name"] for h in metadata["messages"][0]["payload"]["headers"]] == ["Subject"]
+    with pytest.raises(HttpError) as info:
+        threads.get(userId="me", id="no-such-thread").execute()
+    assert info.value.resp.status == 404
+
+
+def test_attachments_get_of_an_unknown_id_is_404(gmail: FakeGmail) -> None:
+    message_id = gmail.add_message(_raw("with file", attachment=("a.bin", b"abc")))
+    attachments = _gmail_service(gmail).users().messages().attachments()
+    with pytest.raises(HttpError) as info:
+        attachments.get(userId="me", messageId=message_id, id="ANGjdJ8-nonsense").execute()
+    assert info.value.resp.status == 404
+
+
 def test_get_minimal_and_raw(gmail: FakeGmail) -> None:
     raw = _raw("raw one")
     message_id = gmail.add_message(raw)

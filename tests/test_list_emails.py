@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-import requests
 
 from shared import audit
 from shared import gmail as gmail_module
@@ -337,6 +336,9 @@ def test_message_fields_and_dates_are_rfc3339_utc(client, alice, gmail):
         "internal_date": "2024-01-02T03:04:05.123000Z",
         "size_estimate": len(stored.raw),
         "attachments": [],
+        "from_address": {"name": "Sender", "email": "sender@example.org"},
+        "to_addresses": [{"name": None, "email": MAILBOX}],
+        "cc_addresses": [],
     }
     for value in (message["date"], message["internal_date"]):
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -411,16 +413,14 @@ def test_attachments_are_listed_with_attachment_id(client, alice, conn, gmail, i
         ("보고서.pdf", "application/pdf", 9 + 1024),
         ("사진.png", "image/png", 7),
     ]
-    token = row(conn, alice)["token_data"]["access_token"]
     for attachment, content in zip(message["attachments"], (b"%PDF-1.4 ", b"PNGDATA"), strict=True):
-        # The id works with users.messages.attachments.get on the same message.
-        fetched = requests.get(
-            f"{gmail.url}/gmail/v1/users/me/messages/{message_id}/attachments/{attachment['attachment_id']}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=5,
+        # The id is one get_attachment takes for the same message.
+        query = urlencode(
+            {"user_id": "alice", "message_id": message_id, "attachment_id": attachment["attachment_id"]}
         )
+        fetched = client("get_attachment").get("/?" + query)
         assert fetched.status_code == 200
-        assert base64.urlsafe_b64decode(fetched.json()["data"]).startswith(content)
+        assert fetched.get_data().startswith(content)
     if include_body:
         assert message["body_text"] == "첨부 확인 부탁드립니다."
         assert message["body_html"] == "<p>첨부 확인 부탁드립니다.</p>"

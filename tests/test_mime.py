@@ -665,6 +665,9 @@ def test_parse_metadata_resource() -> None:
         "internal_date": "2023-11-14T22:13:20.123000Z",
         "size_estimate": 4321,
         "attachments": [],
+        "from_address": {"name": "홍길동", "email": "hong@example.kr"},
+        "to_addresses": [{"name": None, "email": "me@gmail.com"}, {"name": "Kim", "email": "kim@example.kr"}],
+        "cc_addresses": [],
     }
 
 
@@ -730,9 +733,30 @@ def test_parse_full_resource_with_euc_kr_body_and_attachments() -> None:
     assert message["body_text"] == "안녕하세요.\n회의는 3시입니다. 똠방각하"
     assert message["body_html"] == "<p>안녕</p>"
     assert message["attachments"] == [
-        {"filename": "보고서.pdf", "mime_type": "application/pdf", "size": 5000, "attachment_id": "ANGjdJ_1"},
-        {"filename": "메모.txt", "mime_type": "text/plain", "size": 5, "attachment_id": "ANGjdJ_2"},
-        {"filename": "logo.png", "mime_type": "image/png", "size": 4, "attachment_id": None},
+        {
+            "filename": "보고서.pdf",
+            "mime_type": "application/pdf",
+            "size": 5000,
+            "attachment_id": "part-1",
+            "inline": False,
+            "content_id": None,
+        },
+        {
+            "filename": "메모.txt",
+            "mime_type": "text/plain",
+            "size": 5,
+            "attachment_id": "part-2",
+            "inline": False,
+            "content_id": None,
+        },
+        {
+            "filename": "logo.png",
+            "mime_type": "image/png",
+            "size": 4,
+            "attachment_id": "part-3",
+            "inline": True,
+            "content_id": None,
+        },
     ]
 
 

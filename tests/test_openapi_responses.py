@@ -152,14 +152,19 @@ def assert_conforms(response: TestResponse, path: str, method: str) -> Any:
     if not content:  # e.g. mcp's 202 for a notification
         assert response.get_data() == b"", (status, response.get_data()[:300])
         return None
-    assert response.mimetype in content, (status, response.content_type, sorted(content))
-    body = response.get_json()
-    schema_pointer = response_pointer + _pointer("content", response.mimetype, "schema")
-    errors = sorted(_validator(schema_pointer).iter_errors(body), key=lambda e: list(e.absolute_path))
-    assert not errors, "\n".join(
-        f"{method.upper()} {path} {status}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
-        for e in errors
-    )
+    body: Any = None
+    if response.mimetype not in content and "*/*" in content:
+        # Bytes of any type (get_attachment): the type is the file's own; the headers are checked below.
+        assert content["*/*"]["schema"].get("format") == "binary", (status, sorted(content))
+    else:
+        assert response.mimetype in content, (status, response.content_type, sorted(content))
+        body = response.get_json()
+        schema_pointer = response_pointer + _pointer("content", response.mimetype, "schema")
+        errors = sorted(_validator(schema_pointer).iter_errors(body), key=lambda e: list(e.absolute_path))
+        assert not errors, "\n".join(
+            f"{method.upper()} {path} {status}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in errors
+        )
     for name in documented.get("headers", {}):
         header_pointer, header = _resolve(response_pointer + _pointer("headers", name))
         value: Any = response.headers.get(name)
@@ -184,6 +189,11 @@ CONTRACT_STATUSES = {
     "list_emails": _GMAIL,
     # A refresh answers with the refresh's own error: 401 invalid_grant, 502 an odd answer, 503 the
     # endpoint failing (google-auth retries its 429s and 5xx into that); it never sees a 403 or a 429.
+    "get_email": _GMAIL,
+    "get_email_get": _GMAIL,
+    "get_thread": _GMAIL,
+    "get_thread_get": _GMAIL,
+    "get_attachment": _GMAIL,
     "refresh_tokens": {200, 400, 401, 404, 405, 500, 502, 503},
     "token_status": {200, 400, 404, 405, 500, 503},
     "token_status_get": {200, 400, 404, 405, 500, 503},
@@ -404,6 +414,41 @@ def _mcp_too_large(api: Client, given: dict[str, Any]) -> TestResponse:
     return api.post("/mcp", data=b" " * (targets.get("mcp").max_body + 1), content_type="application/json")
 
 
+def _with_ids(make: Callable[[str, str], Call]) -> Call:
+    """A call built from the id of the inbox's message with an attachment, and of its thread."""
+
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        gmail: FakeGmail = given["gmail"]
+        found = next(m for m in gmail.mailboxes[MAILBOX].messages.values() if b"application/pdf" in m.raw)
+        return make(found.id, found.thread_id)(api, given)
+
+    return call
+
+
+def _get_email(query: str = "") -> Call:
+    return _with_ids(lambda mid, tid: _get(f"/get_email?user_id=alice&message_id={mid}{query}"))
+
+
+def _post_email(**extra: Any) -> Call:
+    return _with_ids(lambda mid, tid: _post("/get_email", {"user_id": "alice", "message_id": mid, **extra}))
+
+
+def _get_thread(query: str = "") -> Call:
+    return _with_ids(lambda mid, tid: _get(f"/get_thread?user_id=alice&thread_id={tid}{query}"))
+
+
+def _post_thread(**extra: Any) -> Call:
+    return _with_ids(lambda mid, tid: _post("/get_thread", {"user_id": "alice", "thread_id": tid, **extra}))
+
+
+def _get_file(attachment_id: str = "part-2", user: str = "alice") -> Call:
+    return _with_ids(
+        lambda mid, tid: _get(
+            f"/get_attachment?user_id={user}&message_id={mid}&attachment_id={attachment_id}"
+        )
+    )
+
+
 SEND = {"user_id": "alice", "to": ["김철수 <chulsoo@example.com>"], "subject": "회의 🙏", "body": "안녕"}
 LIST = {"user_id": "alice", "include_body": True, "label_ids": ["INBOX"]}
 LIST_QUERY = "/list_emails?user_id=alice&include_body=true&label_ids=INBOX"
@@ -468,6 +513,64 @@ SCENARIOS = [
         ("list_emails", 500, _post("/list_emails", {"user_id": "carol"})),
         ("list_emails", 502, _gmail_fails(r"/messages/", 418, _post("/list_emails", LIST))),
         ("list_emails", 503, _post("/list_emails", {"user_id": "alice"}), DOWN),
+        # get_email, GET and POST
+        ("get_email_get", 200, _get_email()),
+        ("get_email_get", 200, _get_email("&max_body_chars=2")),
+        ("get_email_get", 400, _get("/get_email?user_id=alice")),
+        ("get_email_get", 401, _get("/get_email?user_id=bob&message_id=m")),
+        ("get_email_get", 403, _gmail_fails(r"/messages/", 403, _get_email())),
+        ("get_email_get", 404, _get("/get_email?user_id=alice&message_id=18c0000000000000")),
+        ("get_email_get", 405, _open("/get_email?user_id=alice&message_id=m", "PUT")),
+        ("get_email_get", 429, _gmail_fails(r"/messages/", 429, _get_email())),
+        ("get_email_get", 500, _get("/get_email?user_id=carol&message_id=m")),
+        ("get_email_get", 502, _gmail_fails(r"/messages/", 418, _get_email())),
+        ("get_email_get", 503, _gmail_fails(r"/messages/", 503, _get_email())),
+        ("get_email_get", 503, _get("/get_email?user_id=alice&message_id=m"), DOWN),
+        ("get_email", 200, _post_email(robeing_id="robeing-1")),
+        ("get_email", 400, _post("/get_email", {"user_id": "alice", "message_id": "m", "max_body_chars": 0})),
+        ("get_email", 401, _post("/get_email", {"user_id": "bob", "message_id": "m"})),
+        ("get_email", 403, _gmail_fails(r"/messages/", 403, _post_email())),
+        ("get_email", 404, _post("/get_email", {"user_id": "nobody", "message_id": "m"})),
+        ("get_email", 405, _open("/get_email", "DELETE")),
+        ("get_email", 429, _gmail_fails(r"/messages/", 429, _post_email())),
+        ("get_email", 500, _post("/get_email", {"user_id": "carol", "message_id": "m"})),
+        ("get_email", 502, _gmail_fails(r"/messages/", 418, _post_email())),
+        ("get_email", 503, _post("/get_email", {"user_id": "alice", "message_id": "m"}), DOWN),
+        # get_thread, GET and POST
+        ("get_thread_get", 200, _get_thread()),
+        ("get_thread_get", 400, _get("/get_thread?user_id=alice&thread_id=")),
+        ("get_thread_get", 401, _get("/get_thread?user_id=bob&thread_id=t")),
+        ("get_thread_get", 403, _gmail_fails(r"/threads/", 403, _get_thread())),
+        ("get_thread_get", 404, _get("/get_thread?user_id=alice&thread_id=no-such-thread")),
+        ("get_thread_get", 405, _open("/get_thread?user_id=alice&thread_id=t", "PUT")),
+        ("get_thread_get", 429, _gmail_fails(r"/threads/", 429, _get_thread())),
+        ("get_thread_get", 500, _get("/get_thread?user_id=carol&thread_id=t")),
+        ("get_thread_get", 502, _gmail_fails(r"/threads/", 418, _get_thread())),
+        ("get_thread_get", 503, _get("/get_thread?user_id=alice&thread_id=t"), DOWN),
+        ("get_thread", 200, _post_thread(max_body_chars=5)),
+        ("get_thread", 400, _post("/get_thread", {"user_id": "alice", "thread": "t"})),
+        ("get_thread", 401, _post("/get_thread", {"user_id": "bob", "thread_id": "t"})),
+        ("get_thread", 403, _gmail_fails(r"/threads/", 403, _post_thread())),
+        ("get_thread", 404, _post("/get_thread", {"user_id": "alice", "thread_id": "no-such-thread"})),
+        ("get_thread", 405, _open("/get_thread", "PATCH")),
+        ("get_thread", 429, _gmail_fails(r"/threads/", 429, _post_thread())),
+        ("get_thread", 500, _post("/get_thread", {"user_id": "carol", "thread_id": "t"})),
+        ("get_thread", 502, _gmail_fails(r"/threads/", 418, _post_thread())),
+        ("get_thread", 503, _gmail_fails(r"/threads/", 503, _post_thread())),
+        ("get_thread", 503, _post("/get_thread", {"user_id": "alice", "thread_id": "t"}), DOWN),
+        # get_attachment
+        ("get_attachment", 200, _get_file()),
+        ("get_attachment", 400, _get("/get_attachment?user_id=alice&message_id=m")),
+        ("get_attachment", 401, _get("/get_attachment?user_id=bob&message_id=m&attachment_id=part-2")),
+        ("get_attachment", 403, _gmail_fails(r"/attachments/", 403, _get_file())),
+        ("get_attachment", 404, _get_file("part-7")),
+        ("get_attachment", 404, _get("/get_attachment?user_id=alice&message_id=18c0&attachment_id=part-2")),
+        ("get_attachment", 405, _post("/get_attachment", {"user_id": "alice"})),
+        ("get_attachment", 429, _gmail_fails(r"/attachments/", 429, _get_file())),
+        ("get_attachment", 500, _get("/get_attachment?user_id=carol&message_id=m&attachment_id=part-2")),
+        ("get_attachment", 502, _gmail_fails(r"/attachments/", 418, _get_file())),
+        ("get_attachment", 503, _gmail_fails(r"/attachments/", 503, _get_file())),
+        ("get_attachment", 503, _get("/get_attachment?user_id=alice&message_id=m&attachment_id=p"), DOWN),
         # refresh_tokens
         ("refresh_tokens", 200, _post("/refresh_tokens", {"user_id": "alice", "robeing_id": "robeing-1"})),
         ("refresh_tokens", 200, _post("/refresh_tokens", {"window_seconds": 7200})),

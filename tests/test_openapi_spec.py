@@ -35,12 +35,19 @@ CONTRACT_FIELDS = {
         "user_id", "robeing_id", "q", "label_ids", "max_results", "page_token", "include_body",
         "include_spam_trash",
     },
+    "get_email": {"user_id", "robeing_id", "message_id", "max_body_chars"},
+    "get_thread": {"user_id", "robeing_id", "thread_id", "max_body_chars"},
     "refresh_tokens": {"user_id", "robeing_id", "window_seconds"},
     "token_status": {"user_id", "robeing_id"},
 }  # fmt: skip
+# get_attachment takes GET only, so its fields are query parameters only.
+ATTACHMENT_FIELDS = {"user_id", "robeing_id", "message_id", "attachment_id"}
 METHODS = {
     "send_email": {"post"},
     "list_emails": {"get", "post"},
+    "get_email": {"get", "post"},
+    "get_thread": {"get", "post"},
+    "get_attachment": {"get"},
     "refresh_tokens": {"post"},
     "token_status": {"get", "post"},
     "mcp": {"post"},
@@ -49,7 +56,7 @@ METHODS = {
 MCP_PROTOCOL_STATUSES = {"400", "406"}
 MESSAGE_FIELDS = {
     "id", "thread_id", "label_ids", "snippet", "from", "to", "cc", "subject", "date", "internal_date",
-    "size_estimate", "attachments",
+    "size_estimate", "attachments", "from_address", "to_addresses", "cc_addresses",
 }  # fmt: skip
 
 
@@ -111,10 +118,12 @@ def test_request_schema_has_exactly_the_contract_fields(spec: dict[str, Any], ta
     assert set(schema["properties"]) == CONTRACT_FIELDS[target]
 
 
-@pytest.mark.parametrize("target", ["list_emails", "token_status"])
+@pytest.mark.parametrize(
+    "target", ["list_emails", "token_status", "get_email", "get_thread", "get_attachment"]
+)
 def test_get_query_parameters_are_the_contract_fields(spec: dict[str, Any], target: str) -> None:
     params = {p["name"] for p in spec["paths"][f"/{target}"]["get"]["parameters"] if p["in"] == "query"}
-    assert params == CONTRACT_FIELDS[target]
+    assert params == CONTRACT_FIELDS.get(target, ATTACHMENT_FIELDS)
 
 
 def test_user_id_and_max_results_bounds(spec: dict[str, Any]) -> None:
@@ -136,7 +145,21 @@ def test_list_message_has_the_contract_fields(spec: dict[str, Any]) -> None:
     assert set(message["required"]) >= MESSAGE_FIELDS
     assert {"body_text", "body_html"} <= set(message["properties"])
     attachment = spec["components"]["schemas"]["AttachmentInfo"]
-    assert set(attachment["properties"]) == {"filename", "mime_type", "size", "attachment_id"}
+    fields = {"filename", "mime_type", "size", "attachment_id", "inline", "content_id"}
+    assert set(attachment["properties"]) == set(attachment["required"]) == fields
+
+
+def test_get_email_and_thread_messages_have_bodies_and_reply_headers(spec: dict[str, Any]) -> None:
+    full = spec["components"]["schemas"]["FullMessage"]
+    assert set(full["required"]) >= MESSAGE_FIELDS | {"body_text", "body_html", "body_truncated", "headers"}
+    assert set(full["properties"]["headers"]["required"]) == {
+        "message_id",
+        "in_reply_to",
+        "references",
+        "reply_to",
+    }
+    thread = spec["components"]["schemas"]["Thread"]
+    assert set(thread["required"]) == {"id", "history_id", "messages"}
 
 
 def test_security_is_a_bearer_id_token(spec: dict[str, Any]) -> None:

@@ -20,7 +20,10 @@ def list_emails(args: ListEmailsRequest, call: Call) -> dict[str, Any]:
     """Lists or searches the user's messages; see the README, list_emails."""
     with provider.open_session() as session:
         try:
-            with gmail_client(session, args.user_id, args.robeing_id, call.log) as (client, _record):
+            with gmail_client(session, args.user_id, args.robeing_id, call.log, target="list_emails") as (
+                client,
+                _record,
+            ):
                 listed = client.list_messages(
                     q=args.q,
                     label_ids=args.label_ids,

@@ -68,7 +68,10 @@ def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
         claimed = False
         sent: dict[str, Any] | None = None
         try:
-            with gmail_client(session, args.user_id, args.robeing_id, log) as (client, record):
+            with gmail_client(session, args.user_id, args.robeing_id, log, target="send_email") as (
+                client,
+                record,
+            ):
                 sender = _sender(client, record)
                 message_id = compose.new_message_id(sender.rpartition("@")[2] or "skill-email.local")
                 if key is not None:

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from shared import audit, config
+from shared import audit, config, scopes
+from shared.errors import PermissionDenied
 from shared.gmail import GmailClient, StoreCredentials
 from shared.request_types import UserRequest
 from shared.tokens import provider
@@ -20,7 +21,12 @@ from shared.web import Call
 
 @contextmanager
 def gmail_client(
-    session: provider.Session, user_id: str, robeing_id: str | None, log: dict[str, Any]
+    session: provider.Session,
+    user_id: str,
+    robeing_id: str | None,
+    log: dict[str, Any],
+    *,
+    target: str | None = None,
 ) -> Iterator[tuple[GmailClient, provider.TokenRecord]]:
     """A Gmail client for the user's equipped token, and that token's record.
 
@@ -29,14 +35,19 @@ def gmail_client(
         user_id: Whose mailbox.
         robeing_id: Only a token equipped to this robeing, when given.
         log: The request's log fields; ``gmail_calls`` is set there when the block ends.
+        target: The target being served, whose scopes (``scopes.BY_TARGET``) the token must hold: checked
+            against the stored scopes before any Gmail call, and named in a 403 Gmail answers for scopes.
 
     Yields:
         The client and the token record it started with.
 
     Raises:
         NotFound, ReauthRequired, Unavailable: from the token store.
+        PermissionDenied: the token lacks the target's scopes (``required_scopes`` names them).
     """
     record = session.store.usable(user_id, robeing_id)
+    if target is not None:
+        scopes.require(target, record.scopes)
 
     def refresh(stale: str | None) -> tuple[str | None, datetime | None]:
         nonlocal record
@@ -47,6 +58,10 @@ def gmail_client(
     client = GmailClient(config.load_settings().gmail_api_endpoint, credentials)
     try:
         yield client, record
+    except PermissionDenied as exc:
+        if target is not None and exc.details.get("scope_insufficient"):
+            raise scopes.denied(scopes.BY_TARGET[target], by_gmail=True) from exc
+        raise
     finally:
         log["gmail_calls"] = client.calls
 

@@ -1,27 +1,27 @@
 """Decoding Gmail message resources into the contract's MESSAGE dicts.
 
 Decoded by hand, tolerantly, because mail in the wild carries every charset and every kind of malformed
-header, and reading a mailbox must never fail on one odd message. Invariant: every function here is total
-on any JSON-shaped resource, and its output holds valid Unicode with no control characters in header text.
+header, and reading a mailbox must never fail on one odd message. Invariants: every function here is total
+on any JSON-shaped resource; header text holds no control characters; a header that appears more than
+once (two ``To:`` lines) counts in full; addresses are parsed from the raw header before RFC 2047
+decoding, so a display name holding a comma stays one address.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import email.message
 import email.utils
 import html
-import re
-import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from shared import clock
+from shared.mime import parts
 from shared.mime.compose import ReplyContext
-from shared.mime.request import DEFAULT_MIME_TYPE
-from shared.mime.text import NEWLINES, b64decode_lenient, decode_bytes, decode_header_text
+from shared.mime.render import html_to_text
+from shared.mime.text import decode_header_text, without_controls
 
-# An RFC 2231 extended value (charset'language'percent-encoded) that Gmail sometimes leaves in `filename`.
-_RFC2231_VALUE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.:-]*)'[A-Za-z0-9-]*'(.*%[0-9A-Fa-f]{2}.*)")
+# The headers whose every occurrence counts: a second To: or Cc: line adds recipients.
+_ADDRESS_LISTS = ("to", "cc")
 
 
 def reply_context_from_gmail(resource: Mapping[str, object]) -> ReplyContext:
@@ -34,12 +34,11 @@ def reply_context_from_gmail(resource: Mapping[str, object]) -> ReplyContext:
     Returns:
         The reply context; fields absent from the resource are None.
     """
-    payload = _mapping(resource.get("payload"))
-    headers = _headers(payload)
-    subject = headers.get("subject")
+    headers = _headers(parts.mapping(resource.get("payload")))
+    subject = _first(headers, "subject")
     return ReplyContext(
-        message_id=_clean_header(headers.get("message-id")),
-        references=_clean_header(headers.get("references")),
+        message_id=_clean_header(_first(headers, "message-id")),
+        references=_clean_header(_first(headers, "references")),
         subject=decode_header_text(subject) if subject is not None else None,
         thread_id=_str_or_none(resource.get("threadId")),
     )
@@ -48,11 +47,11 @@ def reply_context_from_gmail(resource: Mapping[str, object]) -> ReplyContext:
 def parse_gmail_message(resource: Mapping[str, object], *, include_body: bool) -> dict[str, object]:
     """Turns a Gmail message resource into the contract's MESSAGE.
 
-    ``from``, ``to`` and ``cc`` are the decoded header values as strings (display names and all, several
-    addresses comma-separated as the sender wrote them), not parsed address lists: the caller gets what a
-    mail client shows. ``snippet`` is HTML-unescaped (Gmail returns ``&#39;`` and ``&amp;``). Bodies have
-    their line ends turned into ``\\n``. Never raises on message content: unknown charsets, malformed
-    encoded words and bad base64 come out as best-effort text.
+    ``from``, ``to`` and ``cc`` are the decoded header values as strings (what a mail client shows; every
+    ``To:`` line joined with ", "); ``from_address``, ``to_addresses`` and ``cc_addresses`` are the same
+    addresses as ``{name, email}`` data. ``snippet`` is HTML-unescaped (Gmail returns ``&#39;``). Never
+    raises on message content: unknown charsets, malformed encoded words and bad base64 come out as
+    best-effort text.
 
     Args:
         resource: A ``users.messages.get`` result, ``format=metadata`` or ``format=full``.
@@ -60,74 +59,127 @@ def parse_gmail_message(resource: Mapping[str, object], *, include_body: bool) -
 
     Returns:
         ``{id, thread_id, label_ids, snippet, from, to, cc, subject, date, internal_date, size_estimate,
-        attachments}`` plus ``body_text`` and ``body_html`` when asked.
+        attachments, from_address, to_addresses, cc_addresses}`` plus ``body_text`` and ``body_html``
+        when asked.
     """
-    payload = _mapping(resource.get("payload"))
+    payload = parts.mapping(resource.get("payload"))
     headers = _headers(payload)
     label_ids = resource.get("labelIds")
     snippet = resource.get("snippet")
+    senders = addresses(headers.get("from", [])[:1])
     message: dict[str, object] = {
         "id": _str_or_none(resource.get("id")),
         "thread_id": _str_or_none(resource.get("threadId")),
         "label_ids": [label for label in label_ids if isinstance(label, str)]
         if isinstance(label_ids, list)
         else [],
-        "snippet": html.unescape(snippet) if isinstance(snippet, str) else "",
-        "from": _decoded(headers.get("from")),
-        "to": _decoded(headers.get("to")),
-        "cc": _decoded(headers.get("cc")),
-        "subject": _decoded(headers.get("subject")),
-        "date": _parse_date(headers.get("date")),
+        "snippet": without_controls(html.unescape(snippet)) if isinstance(snippet, str) else "",
+        "from": _decoded(_first(headers, "from")),
+        "to": _decoded_all(headers.get("to")),
+        "cc": _decoded_all(headers.get("cc")),
+        "subject": _decoded(_first(headers, "subject")),
+        "date": _parse_date(_first(headers, "date")),
         "internal_date": _parse_internal_date(resource.get("internalDate")),
-        "size_estimate": _int_or_none(resource.get("sizeEstimate")),
-        "attachments": [],
+        "size_estimate": parts.int_or_none(resource.get("sizeEstimate")),
+        "attachments": parts.attachments(payload),
+        "from_address": senders[0] if senders else None,
+        "to_addresses": addresses(headers.get("to", [])),
+        "cc_addresses": addresses(headers.get("cc", [])),
     }
-    attachments: list[dict[str, object]] = []
-    body_text: str | None = None
-    body_html: str | None = None
-    found_text = found_html = False
-    for part, is_attachment in _walk_parts(payload):
-        if is_attachment:
-            attachments.append(_attachment_entry(part))
-            continue
-        mime_type = _part_mime_type(part)
-        if mime_type == "text/plain" and not found_text:
-            found_text = True
-            body_text = _part_text(part)
-        elif mime_type == "text/html" and not found_html:
-            found_html = True
-            body_html = _part_text(part)
-    message["attachments"] = attachments
     if include_body:
-        message["body_text"] = body_text
-        message["body_html"] = body_html
+        found = parts.bodies(payload)
+        message["body_text"] = found.text
+        message["body_html"] = found.html
     return message
 
 
-def _mapping(value: object) -> Mapping[str, object]:
-    return value if isinstance(value, Mapping) else {}
+def full_message(
+    resource: Mapping[str, object], *, max_body_chars: int | None, fetched: Mapping[str, bytes] | None = None
+) -> dict[str, object]:
+    """The MESSAGE of ``get_email`` and ``get_thread``: bodies always, reply headers, optional truncation.
+
+    ``body_text`` of a message with only HTML is a readable rendering of it (see ``render``). With
+    ``max_body_chars``, ``body_text`` and ``body_html`` are each cut to that many characters and
+    ``body_truncated`` says whether either was.
+
+    Args:
+        resource: A ``format=full`` message resource.
+        max_body_chars: The most characters of each body to return; None for all.
+        fetched: Bytes of body parts Gmail left behind an attachmentId, by part path.
+
+    Returns:
+        MESSAGE plus ``body_text``, ``body_html``, ``body_truncated`` and ``headers``:
+        ``{message_id, in_reply_to, references, reply_to}`` (null when absent).
+    """
+    message = parse_gmail_message(resource, include_body=False)
+    payload = parts.mapping(resource.get("payload"))
+    found = parts.bodies(payload)
+    text, markup = found.text, found.html
+    for leaf in found.pending:
+        data = (fetched or {}).get(leaf.path)
+        if data is None:
+            continue
+        decoded = parts.part_text(leaf.part, data)
+        if parts.mime_type(leaf.part) == "text/plain":
+            text = decoded
+        else:
+            markup = decoded
+    if text is None and markup:
+        text = html_to_text(markup)
+    truncated = False
+    if max_body_chars is not None:
+        if text is not None and len(text) > max_body_chars:
+            text, truncated = text[:max_body_chars], True
+        if markup is not None and len(markup) > max_body_chars:
+            markup, truncated = markup[:max_body_chars], True
+    headers = _headers(payload)
+    message["body_text"] = text
+    message["body_html"] = markup
+    message["body_truncated"] = truncated
+    message["headers"] = {
+        "message_id": _clean_header(_first(headers, "message-id")),
+        "in_reply_to": _clean_header(_first(headers, "in-reply-to")),
+        "references": _clean_header(_first(headers, "references")),
+        "reply_to": _decoded_all(headers.get("reply-to")),
+    }
+    return message
+
+
+def addresses(values: list[str]) -> list[dict[str, str | None]]:
+    """Every mailbox in the raw header values, as ``{name, email}`` (``name`` None when there is none).
+
+    Parsed before RFC 2047 decoding, so an encoded name holding a comma ("김, 철수") is one address.
+    Group syntax contributes its members; entries without an address are left out.
+
+    Args:
+        values: The raw values of every occurrence of one header (two ``To:`` lines give two values).
+    """
+    cleaned = [without_controls(value) for value in values]
+    try:
+        # strict=False where it exists (3.11.10+, 3.12.6+): the lenient parse of earlier releases,
+        # rather than dropping every address of a header with one malformed entry.
+        pairs = email.utils.getaddresses(cleaned, strict=False)
+    except TypeError:
+        pairs = email.utils.getaddresses(cleaned)
+    except Exception:  # the legacy parser is total in practice; a header is not worth a 500
+        return []
+    found: list[dict[str, str | None]] = []
+    for name, address in pairs:
+        address = address.strip()
+        if not address:
+            continue
+        display = decode_header_text(name).strip() if name else ""
+        found.append({"name": display or None, "email": address})
+    return found
 
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _headers(part: Mapping[str, object]) -> dict[str, str]:
-    """A part's headers by lower-cased name; the first of repeated headers wins."""
-    found: dict[str, str] = {}
+def _headers(part: Mapping[str, object]) -> dict[str, list[str]]:
+    """A part's headers by lower-cased name, every occurrence in order."""
+    found: dict[str, list[str]] = {}
     raw = part.get("headers")
     if not isinstance(raw, list):
         return found
@@ -136,18 +188,31 @@ def _headers(part: Mapping[str, object]) -> dict[str, str]:
             continue
         name, value = header.get("name"), header.get("value")
         if isinstance(name, str) and isinstance(value, str):
-            found.setdefault(name.lower(), value)
+            found.setdefault(name.lower(), []).append(value)
     return found
+
+
+def _first(headers: Mapping[str, list[str]], name: str) -> str | None:
+    values = headers.get(name)
+    return values[0] if values else None
 
 
 def _clean_header(value: str | None) -> str | None:
     if value is None:
         return None
-    return " ".join(value.split()) or None
+    return " ".join(without_controls(value).split()) or None
 
 
 def _decoded(value: str | None) -> str | None:
     return decode_header_text(value).strip() if value is not None else None
+
+
+def _decoded_all(values: list[str] | None) -> str | None:
+    """Every occurrence of an address header, decoded and joined as one list ("a, b")."""
+    if not values:
+        return None
+    decoded = [text for text in (decode_header_text(value).strip() for value in values) if text]
+    return ", ".join(decoded) if decoded else ""
 
 
 def _parse_date(value: str | None) -> str | None:
@@ -161,98 +226,10 @@ def _parse_date(value: str | None) -> str | None:
 
 
 def _parse_internal_date(value: object) -> str | None:
-    millis = _int_or_none(value)
+    millis = parts.int_or_none(value)
     if millis is None:
         return None
     try:
         return clock.rfc3339(dt.datetime(1970, 1, 1, tzinfo=clock.UTC) + dt.timedelta(milliseconds=millis))
     except OverflowError:
         return None
-
-
-def _walk_parts(part: Mapping[str, object], depth: int = 0) -> Iterator[tuple[Mapping[str, object], bool]]:
-    """Yields leaf parts depth-first with whether each is an attachment; attachments are not entered."""
-    # Gmail nests only as deep as the MIME tree; the cap guards against a pathological message.
-    if depth > 50:
-        return
-    mime_type = _part_mime_type(part)
-    children = part.get("parts")
-    child_parts = (
-        [child for child in children if isinstance(child, Mapping)] if isinstance(children, list) else []
-    )
-    if not mime_type.startswith("multipart/"):
-        is_attachment = _is_attachment(part)
-        yield part, is_attachment
-        if is_attachment:
-            return
-    for child in child_parts:
-        yield from _walk_parts(child, depth + 1)
-
-
-def _part_mime_type(part: Mapping[str, object]) -> str:
-    value = part.get("mimeType")
-    return value.strip().lower() if isinstance(value, str) else ""
-
-
-def _part_headers_message(part: Mapping[str, object]) -> email.message.Message:
-    """The part's headers in a compat32 Message, whose parameter parsing tolerates anything."""
-    headers = email.message.Message()
-    raw = part.get("headers")
-    if isinstance(raw, list):
-        for header in raw:
-            if isinstance(header, Mapping):
-                name, value = header.get("name"), header.get("value")
-                if isinstance(name, str) and isinstance(value, str) and name.lower().startswith("content-"):
-                    headers[name] = value
-    return headers
-
-
-def _is_attachment(part: Mapping[str, object]) -> bool:
-    if _part_filename(part):
-        return True
-    try:
-        return _part_headers_message(part).get_content_disposition() == "attachment"
-    except Exception:
-        return False
-
-
-def _part_filename(part: Mapping[str, object]) -> str:
-    name = part.get("filename")
-    if not isinstance(name, str) or not name:
-        try:
-            found = _part_headers_message(part).get_filename()
-        except Exception:
-            found = None
-        name = found if isinstance(found, str) else ""
-    return _decode_filename(name)
-
-
-def _decode_filename(name: str) -> str:
-    match = _RFC2231_VALUE.fullmatch(name)
-    if match:
-        name = decode_bytes(urllib.parse.unquote_to_bytes(match.group(2)), match.group(1))
-    return decode_header_text(name).strip()
-
-
-def _attachment_entry(part: Mapping[str, object]) -> dict[str, object]:
-    body = _mapping(part.get("body"))
-    return {
-        "filename": _part_filename(part),
-        "mime_type": _part_mime_type(part) or DEFAULT_MIME_TYPE,
-        "size": _int_or_none(body.get("size")),
-        "attachment_id": _str_or_none(body.get("attachmentId")),
-    }
-
-
-def _part_text(part: Mapping[str, object]) -> str | None:
-    """A text part's body as Unicode; None when Gmail left it behind an attachmentId."""
-    body = _mapping(part.get("body"))
-    data = body.get("data")
-    if not isinstance(data, str):
-        return None if isinstance(body.get("attachmentId"), str) else ""
-    try:
-        charset = _part_headers_message(part).get_content_charset()
-    except Exception:
-        charset = None
-    text = decode_bytes(b64decode_lenient(data), charset)
-    return NEWLINES.sub("\n", text)

@@ -6,7 +6,9 @@ Endpoints (paths exactly as googleapiclient builds them from the discovery docum
 - GET  /gmail/v1/users/{userId}/messages            q, labelIds (repeated), maxResults, pageToken,
                                                      includeSpamTrash
 - GET  /gmail/v1/users/{userId}/messages/{id}       format=full|metadata|minimal|raw, metadataHeaders
-- GET  /gmail/v1/users/{userId}/messages/{id}/attachments/{attachmentId}
+- GET  /gmail/v1/users/{userId}/messages/{id}/attachments/{attachmentId}    -> {"size", "data"}
+- GET  /gmail/v1/users/{userId}/threads/{id}        format=full|metadata|minimal, metadataHeaders: the
+                                                     thread's messages oldest first (by internalDate)
 - POST /gmail/v1/users/{userId}/messages/send       JSON {"raw", "threadId"?}
 - POST /upload/gmail/v1/users/{userId}/messages/send?uploadType=media|multipart|resumable
        (+ the PUT of a resumable session; `/resumable/upload/...` is accepted too)
@@ -21,6 +23,14 @@ substring of the decoded header), `has:attachment`, a leading `-` negates a term
 subject or the text body. Any other `op:value` term matches NOTHING and is appended to
 `unsupported_query_terms`, so a test notices it relied on syntax the fake does not know. Terms are ANDed;
 `OR`, braces and parentheses are not supported. `fields`, `alt` and `prettyPrint` are ignored.
+
+Attachments in `format=full`: a part with a filename or `Content-Disposition: attachment` has
+`body.attachmentId` and no data, unless it is at most `inline_data_max_bytes` long (default 0), in which case
+its bytes come inline as `body.data` with no attachmentId, as Gmail does for some small parts; any other
+non-multipart part (a body, an inline image without a name) has `body.data`, unless it is longer than
+`body_attachment_over_bytes` (default None: never), when it too is left behind an attachmentId.
+`attachment_json_style` lays out attachments.get's answer: "compact" (default), "pretty" (Google's
+default layout) or "data_first".
 
 Known simplifications: `format=metadata` returns `payload` as {"mimeType", "headers"} only (as Gmail does);
 header values are returned exactly as in the raw message (RFC 2047 encoded words NOT decoded, like Gmail);
@@ -104,6 +114,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(rf"^{_USER}/messages/send$"), "_send_json"),
     ("GET", re.compile(rf"^{_USER}/messages/(?P<id>[^/]+)$"), "_get"),
     ("GET", re.compile(rf"^{_USER}/messages/(?P<id>[^/]+)/attachments/(?P<aid>[^/]+)$"), "_attachment"),
+    ("GET", re.compile(rf"^{_USER}/threads/(?P<id>[^/]+)$"), "_get_thread"),
     ("POST", re.compile(rf"^/(?:resumable/)?upload{_USER}/messages/send$"), "_upload"),
     ("PUT", re.compile(rf"^/(?:resumable/)?upload{_USER}/messages/send$"), "_upload_put"),
 ]
@@ -208,6 +219,12 @@ class FakeGmail(FakeServer):
         self.batch_sizes: list[int] = []
         self.upload_types: list[str] = []
         self.unsupported_query_terms: list[str] = []
+        self.inline_data_max_bytes = 0
+        # attachments.get's JSON: "compact" {"size", "data"}, "pretty" (Google's default layout, with
+        # "attachmentId" first) or "data_first" (no size before the data).
+        self.attachment_json_style = "compact"
+        # Gmail leaves a very large body part behind an attachmentId too; None: never.
+        self.body_attachment_over_bytes: int | None = None
 
     # ---- configuration -------------------------------------------------------------------------
 
@@ -416,6 +433,26 @@ class FakeGmail(FakeServer):
         fmt = (request.param("format") or "full").lower()
         if fmt not in ("full", "metadata", "minimal", "raw"):
             return google_error(400, f"Invalid value at 'format' ({fmt})", "invalidArgument")
+        return Response.json(200, self._resource(stored, fmt, request))
+
+    def _get_thread(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        members = sorted(
+            (m for m in mailbox.messages.values() if m.thread_id == match["id"]),
+            key=lambda m: (m.internal_date_ms, m.id),
+        )
+        if not members:
+            return google_error(404, "Requested entity was not found.", "notFound")
+        fmt = (request.param("format") or "full").lower()
+        if fmt not in ("full", "metadata", "minimal"):  # threads.get has no raw format
+            return google_error(400, f"Invalid value at 'format' ({fmt})", "invalidArgument")
+        resource = {
+            "id": match["id"],
+            "historyId": str(max(m.history_id for m in members)),
+            "messages": [self._resource(m, fmt, request) for m in members],
+        }
+        return Response.json(200, resource)
+
+    def _resource(self, stored: StoredMessage, fmt: str, request: RecordedRequest) -> dict[str, Any]:
         resource: dict[str, Any] = {
             "id": stored.id,
             "threadId": stored.thread_id,
@@ -435,8 +472,10 @@ class FakeGmail(FakeServer):
                 headers = [h for h in headers if h["name"].lower() in wanted]
             resource["payload"] = {"mimeType": stored.parsed.get_content_type(), "headers": headers}
         elif fmt == "full":
-            resource["payload"] = _part_resource(stored.parsed, "", stored.id)
-        return Response.json(200, resource)
+            resource["payload"] = _part_resource(
+                stored.parsed, "", stored.id, self.inline_data_max_bytes, self.body_attachment_over_bytes
+            )
+        return resource
 
     def _attachment(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
         stored = mailbox.messages.get(match["id"])
@@ -445,7 +484,16 @@ class FakeGmail(FakeServer):
         if part is None:
             return google_error(404, "Requested entity was not found.", "notFound")
         data = _part_bytes(part)
-        return Response.json(200, {"size": len(data), "data": base64.urlsafe_b64encode(data).decode("ascii")})
+        encoded = base64.urlsafe_b64encode(data).decode("ascii")
+        if self.attachment_json_style == "data_first":
+            payload: dict[str, Any] = {"data": encoded, "size": len(data)}
+        else:
+            payload = {"size": len(data), "data": encoded}
+        if self.attachment_json_style != "pretty":
+            return Response.json(200, payload)
+        # Google's APIs answer pretty-printed JSON unless asked for prettyPrint=false.
+        body = json.dumps({"attachmentId": match["aid"], **payload}, indent=2).encode()
+        return Response(200, body, {"Content-Type": "application/json; charset=UTF-8"})
 
     def _send_json(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
         try:
@@ -774,7 +822,9 @@ def _attachment_part_id(attachment_id: str, message_id: str) -> str | None:
     return part_id if owner == message_id else None
 
 
-def _part_resource(part: Message, part_id: str, message_id: str) -> dict[str, Any]:
+def _part_resource(
+    part: Message, part_id: str, message_id: str, inline_max: int = 0, body_over: int | None = None
+) -> dict[str, Any]:
     """The `payload` / `parts[]` MessagePart resource of format=full."""
     resource: dict[str, Any] = {
         "partId": part_id,
@@ -785,12 +835,13 @@ def _part_resource(part: Message, part_id: str, message_id: str) -> dict[str, An
     if part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), list):
         resource["body"] = {"size": 0}
         resource["parts"] = [
-            _part_resource(child, f"{part_id}.{i}" if part_id else str(i), message_id)
+            _part_resource(child, f"{part_id}.{i}" if part_id else str(i), message_id, inline_max, body_over)
             for i, child in enumerate(part.get_payload())
         ]
         return resource
     data = _part_bytes(part)
-    if _is_attachment(part):
+    large_body = body_over is not None and len(data) > body_over
+    if (_is_attachment(part) and len(data) > inline_max) or large_body:
         resource["body"] = {"attachmentId": _attachment_id(message_id, part_id), "size": len(data)}
     elif data:
         resource["body"] = {"size": len(data), "data": base64.urlsafe_b64encode(data).decode("ascii")}
