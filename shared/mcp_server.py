@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import anyio
 import flask
@@ -62,7 +62,8 @@ INSTRUCTIONS = (
 # noise per request. Its warnings and errors still come through.
 for _name in ("mcp.server.streamable_http_manager", "mcp.server.streamable_http"):
     logging.getLogger(_name).setLevel(logging.WARNING)
-_FILENAME = re.compile(r"filename\*=UTF-8''([^;]+)|filename=\"([^\"]*)\"")
+_EXTENDED_FILENAME = re.compile(r"filename\*=UTF-8''([^;\s]+)", re.IGNORECASE)
+_PLAIN_FILENAME = re.compile(r'filename="([^"]*)"', re.IGNORECASE)
 
 
 # The context of the HTTP request an MCP message arrived in, for the tool handlers the SDK calls.
@@ -158,19 +159,29 @@ def tool_result(result: Any) -> types.CallToolResult:
 
 
 def _binary_result(response: flask.Response) -> types.CallToolResult:
-    data = response.get_data()
-    match = _FILENAME.search(response.headers.get("Content-Disposition", ""))
-    filename = ""
-    if match:
-        filename = unquote(match.group(1)) if match.group(1) else match.group(2)
+    try:
+        # The response may stream (direct passthrough): read its iterable itself, then release it.
+        data = b"".join(response.response)  # type: ignore[arg-type]
+    finally:
+        response.close()
+    filename = _filename(response.headers.get("Content-Disposition", ""))
     mime_type = response.mimetype or "application/octet-stream"
     info = {"filename": filename, "mime_type": mime_type, "size": len(data)}
     resource = types.BlobResourceContents(
-        uri=f"attachment:///{filename or 'attachment'}",
+        uri=f"attachment:///{quote(filename or 'attachment')}",
         mime_type=mime_type,
         blob=base64.b64encode(data).decode("ascii"),
     )
     return types.CallToolResult(content=[types.EmbeddedResource(resource=resource)], structured_content=info)
+
+
+def _filename(disposition: str) -> str:
+    """The exact filename of a ``Content-Disposition``: RFC 6266's ``filename*`` over the ASCII fallback."""
+    extended = _EXTENDED_FILENAME.search(disposition)
+    if extended:
+        return unquote(extended.group(1))
+    plain = _PLAIN_FILENAME.search(disposition)
+    return plain.group(1) if plain else ""
 
 
 def _json_text(body: Any) -> str:

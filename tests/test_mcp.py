@@ -20,7 +20,14 @@ import functions_framework
 import pytest
 from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp_types import INVALID_PARAMS, CallToolResult, InitializeResult, ListToolsResult
+from mcp_types import (
+    INVALID_PARAMS,
+    BlobResourceContents,
+    CallToolResult,
+    EmbeddedResource,
+    InitializeResult,
+    ListToolsResult,
+)
 from werkzeug.serving import make_server
 
 from shared import gmail as gmail_module
@@ -174,6 +181,64 @@ def test_list_emails_tool_answers_as_the_target(mcp_url, client, alice, gmail):
     assert message["from"] == "김철수 <chulsoo@example.org>"
     assert "안녕하세요" in message["body_text"]
     assert http_answer(client, "list_emails", arguments) == (200, body)
+
+
+PDF = b"%PDF-1.4 \x00\xff binary"
+
+
+def with_attachment() -> bytes:
+    """A Korean message with a text body and a PDF attachment whose name is Korean."""
+    boundary = "b0undary"
+    return (
+        "From: =?UTF-8?B?6rmA7LKg7IiY?= <chulsoo@example.org>\r\n"
+        f"To: {MAILBOX}\r\nSubject: =?UTF-8?B?7ZqM7J2YIOyekOujjA==?=\r\n"
+        "Date: Mon, 04 Mar 2024 09:00:00 +0900\r\nMessage-ID: <m2@example.org>\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n'
+        f"\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n안녕하세요\r\n"
+        f"--{boundary}\r\nContent-Type: application/pdf\r\n"
+        "Content-Disposition: attachment; filename*=utf-8''%ED%9A%8C%EC%9D%98.pdf\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.b64encode(PDF).decode()
+        + f"\r\n--{boundary}--\r\n"
+    ).encode()
+
+
+def test_get_email_and_get_thread_tools_answer_as_their_targets(mcp_url, client, alice, gmail):
+    message_id = gmail.add_message(with_attachment())
+    stored = gmail.message(message_id)
+    email_arguments = {"user_id": "alice", "message_id": message_id, "max_body_chars": 3}
+    thread_arguments = {"user_id": "alice", "thread_id": stored.thread_id}
+
+    message = answer(call_tool(mcp_url, "get_email", email_arguments))
+    thread = answer(call_tool(mcp_url, "get_thread", thread_arguments))
+
+    assert message["subject"] == "회의 자료"
+    assert message["body_text"] == "안녕하" and message["body_truncated"] is True
+    assert [attachment["filename"] for attachment in message["attachments"]] == ["회의.pdf"]
+    assert [item["id"] for item in thread["messages"]] == [message_id]
+    assert http_answer(client, "get_email", email_arguments) == (200, message)
+    assert http_answer(client, "get_thread", thread_arguments) == (200, thread)
+
+
+def test_get_attachment_tool_answers_the_bytes_as_an_embedded_resource(mcp_url, client, alice, gmail):
+    message_id = gmail.add_message(with_attachment())
+    listed = answer(call_tool(mcp_url, "get_email", {"user_id": "alice", "message_id": message_id}))
+    (attachment,) = listed["attachments"]
+    arguments = {"user_id": "alice", "message_id": message_id, "attachment_id": attachment["attachment_id"]}
+
+    result = call_tool(mcp_url, "get_attachment", arguments)
+
+    assert not result.is_error, result.content
+    (content,) = result.content
+    assert isinstance(content, EmbeddedResource) and isinstance(content.resource, BlobResourceContents)
+    assert base64.b64decode(content.resource.blob) == PDF
+    assert content.resource.mime_type == "application/pdf"
+    assert result.structured_content == {
+        "filename": "회의.pdf",
+        "mime_type": "application/pdf",
+        "size": len(PDF),
+    }
+    assert client("get_attachment").get("/", query_string=arguments).data == PDF
 
 
 def test_send_email_tool_sends_once_per_idempotency_key(mcp_url, alice, gmail):
