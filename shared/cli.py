@@ -1,4 +1,4 @@
-"""Operator commands: ``python -m shared.cli --help`` lists them (migrate, tokens, keys, audit)."""
+"""Operator commands: ``python -m shared.cli --help`` lists them (migrate, tokens, keys, audit, webhooks)."""
 
 from __future__ import annotations
 
@@ -323,6 +323,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from shared.events import webhooks  # only this command needs it
+
+    with db.connection() as conn:
+        if args.action == "remove":
+            removed = webhooks.remove_webhook(conn, args.robeing_id)
+            print(f"{args.robeing_id}: {'webhook removed' if removed else 'had no webhook'}")
+            return 0
+        if not args.url:
+            print("webhooks set needs --url URL", file=sys.stderr)
+            return 2
+        secret = webhooks.set_webhook(conn, args.robeing_id, args.url, token_cipher())
+    print(f"{args.robeing_id}: webhook set; its signing secret, shown only now:")
+    print(secret)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -404,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=f"{text}; row by row, safe to run again")
         command.add_argument("--batch-size", type=int, default=100)
         command.set_defaults(run=run)
+
+    hooks = commands.add_parser(
+        "webhooks", help="set or remove a robeing's webhook for new-mail events (set prints a new secret)"
+    )
+    hooks.add_argument("action", choices=("set", "remove"))
+    hooks.add_argument("robeing_id")
+    hooks.add_argument("--url", help="with set: the https:// (or, locally, http://) URL to POST events to")
+    hooks.set_defaults(run=cmd_webhooks)
 
     audit_log = commands.add_parser("audit", help="print a user's latest audit rows, newest first")
     audit_log.add_argument("user_id", type=user_id_arg)

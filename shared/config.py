@@ -25,6 +25,8 @@ TOKEN_KEYS = "TOKEN_KEYS"
 LOG_LEVEL = "LOG_LEVEL"
 GOOGLE_CLOUD_PROJECT = "GOOGLE_CLOUD_PROJECT"
 REFRESH_CONCURRENCY = "REFRESH_CONCURRENCY"
+PUBSUB_TOPIC = "PUBSUB_TOPIC"
+WEBHOOK_RETRY_BASE_SECONDS = "WEBHOOK_RETRY_BASE_SECONDS"
 AUDIT_RETENTION_DAYS = "AUDIT_RETENTION_DAYS"
 ALLOWED_TOKEN_URIS = "ALLOWED_TOKEN_URIS"
 REQUIRE_ENCRYPTED_TOKENS = "REQUIRE_ENCRYPTED_TOKENS"
@@ -50,6 +52,8 @@ TOKEN_PROVIDERS = ("database", "file")
 # Workers of the scheduled refresh, each holding one database connection: 1,000 tokens behind a 100 ms
 # token endpoint take about 1000 * 0.1 / 16 = 6 s, and 16 connections fit a small Cloud SQL instance.
 DEFAULT_REFRESH_CONCURRENCY = 16
+# CONTRACT.md, New mail: the first retry of a failed webhook delivery waits this long (then doubling).
+DEFAULT_WEBHOOK_RETRY_BASE_SECONDS = 30.0
 # Audit rows older than this are purged by the scheduled run: 400 days keeps a full year of history
 # plus a month, enough for a yearly abuse or access review.
 DEFAULT_AUDIT_RETENTION_DAYS = 400
@@ -153,6 +157,39 @@ def load_settings() -> Settings:
         refresh_tasks_service_account=tasks[2],
         cloud_tasks_endpoint=_env(CLOUD_TASKS_ENDPOINT),
     )
+
+
+def pubsub_topic() -> str:
+    """``PUBSUB_TOPIC``: the ``projects/P/topics/T`` Gmail publishes new-mail notifications to.
+
+    Raises:
+        ConfigError: unset or not of that shape.
+    """
+    topic = _env(PUBSUB_TOPIC)
+    if not topic:
+        raise ConfigError(f"set {PUBSUB_TOPIC} to projects/PROJECT/topics/TOPIC to watch mailboxes")
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != "projects" or parts[2] != "topics" or not parts[1] or not parts[3]:
+        raise ConfigError(f"{PUBSUB_TOPIC} must be projects/PROJECT/topics/TOPIC")
+    return topic
+
+
+def webhook_retry_base_seconds() -> float:
+    """``WEBHOOK_RETRY_BASE_SECONDS`` (default 30): the wait before the first webhook retry.
+
+    Raises:
+        ConfigError: not a positive number.
+    """
+    text = _env(WEBHOOK_RETRY_BASE_SECONDS)
+    if text is None:
+        return DEFAULT_WEBHOOK_RETRY_BASE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{WEBHOOK_RETRY_BASE_SECONDS} must be a number of seconds") from None
+    if not value > 0:
+        raise ConfigError(f"{WEBHOOK_RETRY_BASE_SECONDS} must be more than 0")
+    return value
 
 
 def database_url(settings: Settings | None = None) -> str:

@@ -26,8 +26,11 @@ MAX_LIST_ITEM_LENGTH = 256
 def field_schema(field: Field) -> dict[str, Any]:
     """The JSON Schema of one field as ``params`` checks it (JSON input, not query strings)."""
     schema: dict[str, Any]
-    if field.kind in ("id", "str"):
-        schema = {"type": "string", "pattern": ID_PATTERN if field.kind == "id" else TEXT_PATTERN}
+    if field.choices:
+        schema = {"type": "string", "enum": list(field.choices)}  # the words imply every other bound
+    elif field.kind in ("id", "str"):
+        default_pattern = ID_PATTERN if field.kind == "id" else TEXT_PATTERN
+        schema = {"type": "string", "pattern": field.pattern or default_pattern}
         if field.min_length:
             schema["minLength"] = field.min_length
         if field.max_length is not None:
@@ -50,6 +53,8 @@ def field_schema(field: Field) -> dict[str, Any]:
                 "pattern": LIST_ITEM_PATTERN,
             },
         }
+        if field.min_length:
+            schema["minItems"] = field.min_length
         if field.max_length is not None:
             schema["maxItems"] = field.max_length
     elif field.kind == "int_list":

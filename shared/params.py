@@ -8,6 +8,7 @@ only the checking.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,6 +47,9 @@ class Field:
     query_ok: bool = True
     schema: Mapping[str, Any] | None = None
     description: str = ""
+    # A ``str`` that must be one of these words, or match this (ECMA-262 and Python alike) pattern.
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None
 
 
 def ident(max_length: int, required: bool = False) -> Field:
@@ -174,6 +178,10 @@ def _check(name: str, spec: Field, value: Any, from_query: bool) -> Any:
             raise InvalidArgument(f"{name}: must not contain NUL characters")
         if _has_surrogate(value):
             raise InvalidArgument(f"{name}: contains an unpaired UTF-16 surrogate")
+        if spec.choices and value not in spec.choices:
+            raise InvalidArgument(f"{name}: must be one of {', '.join(spec.choices)}")
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            raise InvalidArgument(f"{name}: not in the expected form")
         return value
     if spec.kind == "int":
         if from_query and isinstance(value, str):
@@ -213,6 +221,10 @@ def _check(name: str, spec: Field, value: Any, from_query: bool) -> Any:
         if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
             raise InvalidArgument(f"{name}: must be a list of strings")
         items = [item.strip() for item in items if item.strip()]
+        if len(items) < spec.min_length:
+            raise InvalidArgument(
+                f"{name}: at least {spec.min_length} item{'s' if spec.min_length > 1 else ''}"
+            )
         if spec.max_length is not None and len(items) > spec.max_length:
             raise InvalidArgument(f"{name}: at most {spec.max_length} items")
         for item in items:

@@ -237,6 +237,53 @@ class SendEmailRequest(UserRequest):
         return {name: getattr(self, name) for name in MAIL_FIELDS if getattr(self, name) is not None}
 
 
+WATCH_ACTIONS = ("start", "stop")
+
+
+@dataclass(frozen=True)
+class WatchMailboxRequest(UserRequest):
+    """``watch_mailbox``: start (the default) or stop this robeing's new-mail watch of the user's mailbox."""
+
+    action: str = "start"
+    label_ids: list[str] | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "user_id": ident(100, required=True),
+        "robeing_id": ident(50, required=True),
+        "action": Field("str", min_length=1, max_length=16, default="start", choices=WATCH_ACTIONS),
+        "label_ids": Field("str_list", min_length=1, max_length=50),
+    }
+
+
+@dataclass(frozen=True)
+class ListEventsRequest(Request):
+    """``list_events``: a robeing's queued events after a cursor."""
+
+    robeing_id: str = ""
+    after: str | None = None
+    limit: int = 100
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "robeing_id": ident(50, required=True),
+        "after": Field("str", min_length=1, max_length=32, pattern=r"^[0-9]+$"),
+        "limit": Field("int", minimum=1, maximum=500, default=100),
+    }
+
+
+@dataclass(frozen=True)
+class GmailPushRequest(Request):
+    """``gmail_push``: Gmail's notification, the JSON object base64-encoded in the Pub/Sub message's data
+    (``{"emailAddress", "historyId"}``, read into these fields by ``shared.events.push.parse``)."""
+
+    email_address: str = ""
+    history_id: int = 0
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        "email_address": Field("str", required=True, min_length=3, max_length=320),
+        "history_id": Field("int", required=True, minimum=1, maximum=2**64 - 1),
+    }
+
+
 @dataclass(frozen=True)
 class McpRequest(Request):
     """``mcp``: the body is one JSON-RPC message, read by the MCP SDK rather than checked here; each tool

@@ -119,6 +119,86 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        6,
+        "index for the audit log's retention purge",
+        (
+            # The scheduled run deletes the oldest rows in batches; without this index each batch would
+            # scan the whole table (the other index leads with user_id). CONCURRENTLY: the table is live.
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS gmail_audit_logs_created_idx "
+            "ON gmail_audit_logs (created_at)",
+        ),
+        transactional=False,
+    ),
+    Migration(
+        7,
+        "new-mail watches, the events outbox and robeings' webhooks",
+        (
+            # One row per watched Gmail mailbox (lower-case address): how far its history is processed.
+            # history_id is Gmail's uint64, hence NUMERIC(20); last_message_ms is the newest message's
+            # internalDate, from where a mailbox whose history expired is listed again.
+            """
+            CREATE TABLE IF NOT EXISTS gmail_mailbox_watch (
+                email_address VARCHAR(320) PRIMARY KEY,
+                history_id NUMERIC(20) NOT NULL,
+                last_message_ms BIGINT NOT NULL,
+                watched_labels TEXT[] NOT NULL,
+                watch_expiration TIMESTAMP,
+                created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                updated_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')
+            )
+            """,
+            # One row per robeing watching a user's mailbox; a stopped watch stays, inactive.
+            """
+            CREATE TABLE IF NOT EXISTS gmail_watchers (
+                user_id VARCHAR(100) NOT NULL,
+                robeing_id VARCHAR(50) NOT NULL,
+                email_address VARCHAR(320) NOT NULL,
+                label_ids TEXT[] NOT NULL,
+                active BOOLEAN NOT NULL,
+                started_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                updated_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                PRIMARY KEY (user_id, robeing_id)
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS gmail_watchers_mailbox_idx ON gmail_watchers (email_address) "
+            "WHERE active",
+            # The outbox. seq is the queued order (list_events' cursor); the unique key makes a second
+            # event for one (robeing, user, message) impossible, whatever the notifications do.
+            """
+            CREATE TABLE IF NOT EXISTS gmail_events (
+                seq BIGSERIAL PRIMARY KEY,
+                event_id VARCHAR(40) NOT NULL UNIQUE,
+                event_type VARCHAR(32) NOT NULL,
+                robeing_id VARCHAR(50) NOT NULL,
+                user_id VARCHAR(100) NOT NULL,
+                gmail_message_id VARCHAR(64) NOT NULL,
+                message JSONB NOT NULL,
+                created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at TIMESTAMP,
+                delivered_at TIMESTAMP,
+                failed_at TIMESTAMP,
+                last_status INTEGER,
+                UNIQUE (robeing_id, user_id, gmail_message_id)
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS gmail_events_robeing_seq_idx ON gmail_events (robeing_id, seq)",
+            "CREATE INDEX IF NOT EXISTS gmail_events_due_idx ON gmail_events (next_attempt_at) "
+            "WHERE next_attempt_at IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS gmail_events_created_idx ON gmail_events (created_at)",
+            # A robeing's webhook; secret is the whsec_ text, or enc:v1:... under the token keyring.
+            """
+            CREATE TABLE IF NOT EXISTS gmail_webhooks (
+                robeing_id VARCHAR(50) PRIMARY KEY,
+                url TEXT NOT NULL,
+                secret TEXT NOT NULL,
+                created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                updated_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')
+            )
+            """,
+        ),
+    ),
+    Migration(
         8,
         "when each token was last used, and when the scheduled run should next look at it",
         (
@@ -136,17 +216,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             # follows the due set, not the table (bench/scale.py: 1,000 due rows among 1,000,000).
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS gmail_token_equipped_due_idx "
             "ON gmail_token ((COALESCE(check_at, expiry, TIMESTAMP '-infinity'))) WHERE is_equipped",
-        ),
-        transactional=False,
-    ),
-    Migration(
-        6,
-        "index for the audit log's retention purge",
-        (
-            # The scheduled run deletes the oldest rows in batches; without this index each batch would
-            # scan the whole table (the other index leads with user_id). CONCURRENTLY: the table is live.
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS gmail_audit_logs_created_idx "
-            "ON gmail_audit_logs (created_at)",
         ),
         transactional=False,
     ),

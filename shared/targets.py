@@ -21,6 +21,11 @@ ROBEING = "robeing"
 SCHEDULER = "scheduler"
 OPERATOR = "operator"
 
+# How a target is triggered when deployed: an HTTP function, or a CloudEvent function subscribed to the
+# Pub/Sub topic Gmail publishes to (gmail_push).
+HTTP = "http"
+PUBSUB = "pubsub"
+
 # A send with 24 MiB of attachments is ~32 MiB of base64 plus the JSON around it.
 MAX_SEND_BODY_BYTES = 34 * 1024 * 1024
 
@@ -36,6 +41,7 @@ class Target:
     max_body: int = MAX_BODY_BYTES
     # Who besides the operator may call it (and so gets run.invoker on it when deployed).
     roles: tuple[str, ...] = (ROBEING,)
+    trigger: str = HTTP
 
     @property
     def module(self) -> str:
@@ -87,6 +93,27 @@ TARGETS: tuple[Target, ...] = (
         ("GET", "POST"),
         rt.TokenStatusRequest,
         "tells whether a user has a usable token; never returns token values",
+    ),
+    Target(
+        "watch_mailbox",
+        ("POST",),
+        rt.WatchMailboxRequest,
+        "starts or stops new-mail notifications for a user",
+    ),
+    Target(
+        "gmail_push",
+        ("POST",),
+        rt.GmailPushRequest,
+        "Gmail's notification: finds the new messages and queues events for robeings",
+        # Called by Eventarc's own identity, which deploy.sh grants; no caller role.
+        roles=(),
+        trigger=PUBSUB,
+    ),
+    Target(
+        "list_events",
+        ("GET", "POST"),
+        rt.ListEventsRequest,
+        "the events queued for a robeing, for pulling instead of (or besides) webhooks",
     ),
     Target(
         "mcp",

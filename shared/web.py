@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flask
+import functions_framework
 from werkzeug.datastructures import Headers
 
 from shared import clock, config, logs, params, targets
@@ -146,7 +147,10 @@ def http_function(
             )
             return response
 
-        return entry_point
+        # Declared as an HTTP function to functions-framework, as gmail_push declares itself a CloudEvent
+        # one: otherwise the signature type it stores in the environment for the last app created applies
+        # to the next, and one process serving several targets (devtools.serve, tests) mixes them up.
+        return functions_framework.http(entry_point)
 
     return decorate
 

@@ -23,6 +23,8 @@ from shared.tokens.cipher import forget_ciphers
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+# Fixtures of the new-mail tests (watchers' tokens, the Pub/Sub topic, a webhook receiver).
+pytest_plugins = ("tests.push_support",)
 TEST_DATABASE = "skill_email_test"
 
 # Every secret value a test creates is registered here; the log guard fails a test whose log lines
@@ -81,7 +83,10 @@ def migrated_url(pg_admin_url: str) -> str:
 def database_url(migrated_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """An empty, migrated database for this test, set as DATABASE_URL."""
     with db.connection(db.parse_database_url(migrated_url)) as conn:
-        conn.run("TRUNCATE gmail_token, gmail_audit_logs, gmail_idempotency RESTART IDENTITY")
+        conn.run(
+            "TRUNCATE gmail_token, gmail_audit_logs, gmail_idempotency, gmail_mailbox_watch, gmail_watchers, "
+            "gmail_events, gmail_webhooks RESTART IDENTITY"
+        )
     monkeypatch.setenv("DATABASE_URL", migrated_url)
     return migrated_url
 
@@ -299,6 +304,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         config.TOKEN_KEYS,
         config.GMAIL_API_ENDPOINT,
         config.GOOGLE_CLOUD_PROJECT,
+        config.PUBSUB_TOPIC,
+        config.WEBHOOK_RETRY_BASE_SECONDS,
         config.AUDIT_RETENTION_DAYS,
         config.ALLOWED_TOKEN_URIS,
         config.REQUIRE_ENCRYPTED_TOKENS,

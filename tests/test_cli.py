@@ -396,3 +396,9 @@ def test_audit_command_prints_a_users_rows(database_url, conn, capsys):
     assert cli.main(["audit", "aud"]) == 0
     line = capsys.readouterr().out.strip()
     assert '"gmail_message_id": "m1"' in line and '"http_status": 200' in line
+
+
+def test_migrations_are_numbered_once_each_and_applied_in_order():
+    # Branches that each add a migration must not reuse a number or apply out of order.
+    versions = [migration.version for migration in schema.MIGRATIONS]
+    assert versions == sorted(set(versions)) == list(range(1, len(versions) + 1))

@@ -55,6 +55,7 @@ def world(
     with FakeGmail(email_address=MAILBOX) as gmail:
         gmail.trust(token_endpoint)
         monkeypatch.setenv("GMAIL_API_ENDPOINT", gmail.url)
+        monkeypatch.setenv("PUBSUB_TOPIC", "projects/fuzz/topics/gmail")  # as deployed: watches can start
         monkeypatch.setattr(send, "_senders", {})
         row_id = user_token(SEEDED, expires_in=3600, equipped_to="robeing-1")
         gmail.allow_token(row(conn, row_id)["token_data"]["access_token"])

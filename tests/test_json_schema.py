@@ -65,7 +65,8 @@ def documented_fields(spec: dict[str, Any], target: str) -> dict[str, Any]:
     }
 
 
-FIELD_TARGETS = [target for target in targets.TARGETS if target.name not in NOT_FIELDS]
+# HTTP targets only: a CloudEvent target (gmail_push) has no request body of ours to document.
+FIELD_TARGETS = [t for t in targets.TARGETS if t.name not in NOT_FIELDS and t.trigger == targets.HTTP]
 
 
 @pytest.mark.parametrize("target", FIELD_TARGETS, ids=lambda target: target.name)

@@ -31,6 +31,7 @@ from shared import targets
 from tests.conftest import MAILBOX, insert_row, row
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
+from tests.push_support import cloud_event
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "docs" / "openapi.yaml"
@@ -197,6 +198,10 @@ CONTRACT_STATUSES = {
     "refresh_tokens": {200, 400, 401, 404, 405, 500, 502, 503},
     "token_status": {200, 400, 404, 405, 500, 503},
     "token_status_get": {200, 400, 404, 405, 500, 503},
+    "watch_mailbox": _GMAIL,
+    # list_events reads only the database: no token, no Gmail.
+    "list_events": {200, 400, 405, 500, 503},
+    "list_events_get": {200, 400, 405, 500, 503},
     # A target's errors, 5xx included, are tool results (200); the transport's own are JSON-RPC errors
     # (400, 406).
     "mcp": {200, 202, 400, 405, 406, 413},
@@ -387,6 +392,65 @@ def _send_too_large(api: Client, given: dict[str, Any]) -> TestResponse:
         "attachments": [{"filename": "big", "content": content}],
     }
     return api.post("/send_email", json=body)
+
+
+def _with_topic(call: Call) -> Call:
+    def provoke(api: Client, given: dict[str, Any]) -> TestResponse:
+        given["request"].getfixturevalue("monkeypatch").setenv("PUBSUB_TOPIC", "projects/p/topics/gmail")
+        return call(api, given)
+
+    return provoke
+
+
+def _watch_revoked(api: Client, given: dict[str, Any]) -> TestResponse:
+    """A token equipped to the robeing whose refresh token Google has revoked: 401."""
+    request = given["request"]
+    request.getfixturevalue("user_token")(
+        "frank", expires_in=-60, refresh_token="1//revoked-frank", equipped_to="robeing-1"
+    )
+    request.getfixturevalue("token_endpoint").revoke("1//revoked-frank")
+    return api.post("/watch_mailbox", json={"user_id": "frank", "robeing_id": "robeing-1"})
+
+
+def _watch_broken(api: Client, given: dict[str, Any]) -> TestResponse:
+    """A token equipped to the robeing, claiming encryption while no key is configured: 500."""
+    conn = given["request"].getfixturevalue("conn")
+    insert_row(conn, "erin", token_data={"access_token": "enc:v1:k1:AAAA"}, equipped_to="robeing-1")
+    return api.post("/watch_mailbox", json={"user_id": "erin", "robeing_id": "robeing-1"})
+
+
+def _events_after_a_push(path: str) -> Call:
+    """A watch, a new message and Gmail's notification through gmail_push, then list_events."""
+
+    def provoke(api: Client, given: dict[str, Any]) -> TestResponse:
+        gmail = given["gmail"]
+        assert api.post("/watch_mailbox", json=WATCH).status_code == 200
+        gmail.add_message(raw_message("새 메일", extra="Content-Type: text/plain\r\n") + b"\r\nbody\r\n")
+        headers, body = cloud_event(gmail.notification())
+        assert api.post("/gmail_push", headers=headers, data=body).status_code == 200
+        response = api.get(path) if path.startswith("/list_events?") else api.post(path, json=EVENTS)
+        assert len(response.get_json()["events"]) == 1
+        return response
+
+    return provoke
+
+
+def _events_table_missing(call: Call) -> Call:
+    """The schema missing its events table (a migration not run): 500."""
+
+    def provoke(api: Client, given: dict[str, Any]) -> TestResponse:
+        conn = given["request"].getfixturevalue("conn")
+        conn.run("ALTER TABLE gmail_events RENAME TO gmail_events_elsewhere")
+        try:
+            return call(api, given)
+        finally:
+            conn.run("ALTER TABLE gmail_events_elsewhere RENAME TO gmail_events")
+
+    return provoke
+
+
+WATCH = {"user_id": "alice", "robeing_id": "robeing-1"}
+EVENTS = {"robeing_id": "robeing-1", "limit": 10}
 
 
 MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
@@ -597,6 +661,31 @@ SCENARIOS = [
         ("token_status_get", 405, _open("/token_status?user_id=alice", "DELETE")),
         ("token_status_get", 500, _get("/token_status?user_id=carol")),
         ("token_status_get", 503, _get("/token_status?user_id=alice"), DOWN),
+        # watch_mailbox
+        ("watch_mailbox", 200, _with_topic(_post("/watch_mailbox", {**WATCH, "label_ids": ["INBOX"]}))),
+        ("watch_mailbox", 200, _post("/watch_mailbox", {**WATCH, "action": "stop"})),
+        ("watch_mailbox", 400, _post("/watch_mailbox", {**WATCH, "action": "pause"})),
+        ("watch_mailbox", 401, _with_topic(_watch_revoked)),
+        ("watch_mailbox", 403, _with_topic(_gmail_fails(r"/profile$", 403, _post("/watch_mailbox", WATCH)))),
+        ("watch_mailbox", 404, _with_topic(_post("/watch_mailbox", {**WATCH, "user_id": "nobody"}))),
+        ("watch_mailbox", 405, _get("/watch_mailbox?user_id=alice&robeing_id=robeing-1")),
+        ("watch_mailbox", 429, _with_topic(_gmail_fails(r"/watch$", 429, _post("/watch_mailbox", WATCH)))),
+        ("watch_mailbox", 500, _with_topic(_watch_broken)),
+        ("watch_mailbox", 502, _with_topic(_gmail_fails(r"/profile$", 418, _post("/watch_mailbox", WATCH)))),
+        ("watch_mailbox", 503, _with_topic(_gmail_fails(r"/watch$", 503, _post("/watch_mailbox", WATCH)))),
+        ("watch_mailbox", 503, _with_topic(_post("/watch_mailbox", WATCH)), DOWN),
+        # list_events
+        ("list_events", 200, _with_topic(_events_after_a_push("/list_events"))),
+        ("list_events", 200, _post("/list_events", {"robeing_id": "robeing-1", "after": "12"})),
+        ("list_events", 400, _post("/list_events", {"robeing_id": "robeing-1", "after": "x"})),
+        ("list_events", 405, _open("/list_events", "PUT")),
+        ("list_events", 500, _events_table_missing(_post("/list_events", EVENTS))),
+        ("list_events", 503, _post("/list_events", EVENTS), DOWN),
+        ("list_events_get", 200, _with_topic(_events_after_a_push("/list_events?robeing_id=robeing-1"))),
+        ("list_events_get", 400, _get("/list_events?robeing_id=robeing-1&limit=0")),
+        ("list_events_get", 405, _open("/list_events?robeing_id=robeing-1", "DELETE")),
+        ("list_events_get", 500, _events_table_missing(_get("/list_events?robeing_id=robeing-1"))),
+        ("list_events_get", 503, _get("/list_events?robeing_id=robeing-1"), DOWN),
         # mcp
         ("mcp", 200, _mcp_tool("token_status", {"user_id": "alice"})),
         ("mcp", 200, _mcp_tool("list_emails", {"user_id": "nobody"})),
@@ -619,7 +708,7 @@ SCENARIOS = [
 def test_response_conforms_to_the_spec(
     request: pytest.FixtureRequest, api: Client, scenario: Scenario
 ) -> None:
-    given: dict[str, Any] = {"gmail": request.getfixturevalue("gmail")}
+    given: dict[str, Any] = {"gmail": request.getfixturevalue("gmail"), "request": request}
     for name in ("inbox", "revoked", "broken", "wrong_client"):
         request.getfixturevalue(name)
     if scenario.database_down:

@@ -39,6 +39,8 @@ CONTRACT_FIELDS = {
     "get_thread": {"user_id", "robeing_id", "thread_id", "max_body_chars"},
     "refresh_tokens": {"user_id", "robeing_id", "window_seconds"},
     "token_status": {"user_id", "robeing_id"},
+    "watch_mailbox": {"user_id", "robeing_id", "action", "label_ids"},
+    "list_events": {"robeing_id", "after", "limit"},
 }  # fmt: skip
 # get_attachment takes GET only, so its fields are query parameters only.
 ATTACHMENT_FIELDS = {"user_id", "robeing_id", "message_id", "attachment_id"}
@@ -50,6 +52,8 @@ METHODS = {
     "get_attachment": {"get"},
     "refresh_tokens": {"post"},
     "token_status": {"get", "post"},
+    "watch_mailbox": {"post"},
+    "list_events": {"get", "post"},
     "mcp": {"post"},
 }
 # The MCP transport's own refusals (bad JSON-RPC, Accept, Content-Type) are JSON-RPC errors, per MCP.
@@ -119,7 +123,7 @@ def test_request_schema_has_exactly_the_contract_fields(spec: dict[str, Any], ta
 
 
 @pytest.mark.parametrize(
-    "target", ["list_emails", "token_status", "get_email", "get_thread", "get_attachment"]
+    "target", ["list_emails", "token_status", "get_email", "get_thread", "get_attachment", "list_events"]
 )
 def test_get_query_parameters_are_the_contract_fields(spec: dict[str, Any], target: str) -> None:
     params = {p["name"] for p in spec["paths"][f"/{target}"]["get"]["parameters"] if p["in"] == "query"}
@@ -160,6 +164,21 @@ def test_get_email_and_thread_messages_have_bodies_and_reply_headers(spec: dict[
     }
     thread = spec["components"]["schemas"]["Thread"]
     assert set(thread["required"]) == {"id", "history_id", "messages"}
+
+
+def test_events_and_their_webhook_follow_the_contract(spec: dict[str, Any]) -> None:
+    event = spec["components"]["schemas"]["Event"]
+    assert set(event["required"]) == {"id", "type", "created_at", "user_id", "robeing_id", "message"}
+    watch = request_schema(spec, "watch_mailbox")
+    assert set(watch["required"]) == {"user_id", "robeing_id"}
+    assert watch["properties"]["action"] == {"type": "string", "enum": ["start", "stop"], "default": "start"}
+    limit = request_schema(spec, "list_events")["properties"]["limit"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 500, 100)
+    hook = spec["webhooks"]["messageReceived"]["post"]
+    headers = {p["name"] for p in hook["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    body = hook["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/Event"}
 
 
 def test_security_is_a_bearer_id_token(spec: dict[str, Any]) -> None:

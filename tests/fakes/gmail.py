@@ -13,15 +13,17 @@ Endpoints (paths exactly as googleapiclient builds them from the discovery docum
 - POST /upload/gmail/v1/users/{userId}/messages/send?uploadType=media|multipart|resumable
        (+ the PUT of a resumable session; `/resumable/upload/...` is accepted too)
 - POST /batch/gmail/v1 and POST /batch              multipart/mixed of application/http parts, at most 100
+- POST .../watch, POST .../stop, GET .../history    push notifications: see tests/fakes/gmail_watch.py
 
 `userId` must be `me` or the mailbox's address (else 403). Every call needs `Authorization: Bearer T` with T
 allowed by `allow_token()` or issued by a `FakeTokenEndpoint` passed to `trust()` (else 401, Google's shape).
 
 The `q` subset: `rfc822msgid:ID`, `in:LABEL` / `label:LABEL` (in:sent, in:inbox, in:spam, in:trash,
 in:anywhere), `is:unread|read|starred|important`, `from:`, `to:`, `cc:`, `subject:` (case-insensitive
-substring of the decoded header), `has:attachment`, a leading `-` negates a term, and bare words match the
-subject or the text body. Any other `op:value` term matches NOTHING and is appended to
-`unsupported_query_terms`, so a test notices it relied on syntax the fake does not know. Terms are ANDed;
+substring of the decoded header), `has:attachment`, `after:`/`before:` (epoch seconds, internalDate),
+a leading `-` negates a term, and bare words match the subject or the text body. Any other `op:value`
+term matches NOTHING and is appended to `unsupported_query_terms`, so a test notices it relied on syntax
+the fake does not know. Terms are ANDed;
 `OR`, braces and parentheses are not supported. `fields`, `alt` and `prettyPrint` are ignored.
 
 Attachments in `format=full`: a part with a filename or `Content-Disposition: attachment` has
@@ -67,6 +69,7 @@ from tests.fakes._server import (
     status_line,
     take_failure,
 )
+from tests.fakes.gmail_watch import WATCH_ROUTES, GmailWatchMixin
 
 if TYPE_CHECKING:
     from tests.fakes.oauth import FakeTokenEndpoint
@@ -118,6 +121,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(rf"^/(?:resumable/)?upload{_USER}/messages/send$"), "_upload"),
     ("PUT", re.compile(rf"^/(?:resumable/)?upload{_USER}/messages/send$"), "_upload_put"),
 ]
+_ROUTES.extend(WATCH_ROUTES)
 _BATCH_PATH = re.compile(r"^/batch(?:/gmail/v1)?/?$")
 
 
@@ -189,7 +193,7 @@ class Mailbox:
     history_id: int = 1000
 
 
-class FakeGmail(FakeServer):
+class FakeGmail(GmailWatchMixin, FakeServer):
     """The Gmail API v1 fake. See the module docstring for endpoints and the `q` subset.
 
     Attributes: `url`, `requests` (wire requests), `batch_requests` (requests inside batches),
@@ -612,6 +616,9 @@ class FakeGmail(FakeServer):
         if op in ("from", "to", "cc", "subject"):
             headers = message.parsed.get_all(op, [])
             return any(value.lower() in _decoded(h).lower() for h in headers)
+        if op in ("after", "before") and value.isdigit():
+            seconds = message.internal_date_ms // 1000
+            return seconds >= int(value) if op == "after" else seconds < int(value)
         if op == "has" and value.lower() == "attachment":
             return any(_is_attachment(part) for _, part in _walk(message.parsed))
         self.unsupported_query_terms.append(term)
