@@ -9,7 +9,7 @@ from shared import web
 
 @web.http_function("mcp", raw_request=True)
 def mcp(request: flask.Request, call: web.Call) -> Any:
-    # Imported on first use: the MCP SDK costs about three times the imports of main.py itself (bench/mcp.py),
+    # Imported on first use: the MCP SDK costs about four times the imports of main.py itself (bench/mcp.py),
     # which no other target should pay.
     from shared import mcp_server
 

@@ -13,7 +13,7 @@ tools are the registry's targets that CONTRACT.md's MCP section names, so a targ
 ``json_schema``, the mapping docs/openapi.yaml is checked against.
 
 Invariant: only ``functions/mcp.py`` imports this, on the first MCP request, so no other target's cold
-start pays for the SDK (about three times main.py's own imports, and ~37 MB; bench/mcp.py).
+start pays for the SDK (about four times main.py's own imports, and ~37 MB; bench/mcp.py).
 """
 
 from __future__ import annotations
