@@ -1,12 +1,14 @@
 """Benchmarks as ratios: each figure of ours beside its naive twin (or the ideal), measured in one run.
 
-    python -m bench.ratios [--quick] [--repeat 5] [--calls 30] [--tokens 1000] [--json]
+    python -m bench.ratios [--quick] [--repeat 5] [--calls 30] [--tokens 1000] [--before REV] [--json]
 
 One run starts an embedded PostgreSQL, FakeGmail and a fake token endpoint on loopback, measures five
 things (cold start, warm call, Gmail round trips per list, scheduled-refresh throughput, resident memory
 per instance) for ours and for a twin, and prints one table with the ratio of each pair. The pieces are
 the colleagues' benchmarks (bench/gmail.py, bench/token_store.py, bench/_common.py), imported, not
-copied. See bench/README.md and docs/performance.md.
+copied. It first prints issue 13's table (bench/startup.py): cold start, warm overhead and memory of
+every registered target beside a trivial function, with ``--before REV`` the same for an older tree.
+See bench/README.md and docs/performance.md.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import flask
 import functions_framework
 import pg8000.native
 
-from bench import _common, token_store
+from bench import _common, startup, token_store
 from bench import gmail as gmail_bench
 from bench._common import (
     BIN,
@@ -487,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", type=int, help="tokens for the sequential twin (50)")
     parser.add_argument("--latency", type=float, default=0.1, help="token endpoint latency, s (0.1)")
     parser.add_argument("--gmail-latency", type=float, default=0.02, help="FakeGmail latency, s (0.02)")
+    parser.add_argument("--before", help="issue 13's table also for the tree at this git revision")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -504,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     table = Table()
     results: dict[str, Any] = {}
     try:
+        with tempfile.TemporaryDirectory(prefix="skill-email-bench-startup-") as workdir:
+            issue = startup.measure(repeat, calls, args.before, Path(workdir))
+        results["startup"] = startup.as_json(issue)
         with (
             tempfile.TemporaryDirectory(prefix="skill-email-bench-ratios-") as workdir,
             bench_database() as database,
@@ -571,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
         "and the functions share the CPUs",
         f"total run {elapsed:.0f} s",
     ]
+    print("Issue 13: each figure beside the trivial function (bench/startup.py)\n")
+    print(startup.table(issue))
+    print("\nThe optimisations beside their naive twins\n")
     print(table.render(header))
     return 0
 

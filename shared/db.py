@@ -7,9 +7,11 @@ database's connection budget.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pg8000.native
+from pg8000 import core as pg_core
+from pg8000.converters import make_params
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from shared import config
@@ -243,14 +247,16 @@ class Connection:
     def run(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         """Runs one parameterised statement (``:name`` placeholders) and returns its rows."""
         try:
-            rows = self.raw.run(sql, **params)
+            if params:
+                rows, columns = _execute(self.raw, sql, params)
+            else:  # the simple protocol: one round trip, and a migration may hold several statements
+                rows, columns = self.raw.run(sql), self.raw.columns
         except DatabaseError as exc:
             raise _wrap_database_error(exc) from exc
         except (TimeoutError, InterfaceError, OSError) as exc:
             logger.error("database connection lost: %s", _describe(exc))
             raise Unavailable("the database connection was lost") from exc
-        columns = self.raw.columns or []
-        names = [column["name"] for column in columns]
+        names = [column["name"] for column in columns or []]
         return [dict(zip(names, row, strict=True)) for row in rows or []]
 
     def one(self, sql: str, **params: Any) -> dict[str, Any] | None:
@@ -278,6 +284,42 @@ class Connection:
             self.raw.close()
         except Exception:  # closing a broken socket must not hide the error that broke it
             logger.debug("close of a broken database connection ignored")
+
+
+# Describe the unnamed portal, then Execute it with no row limit, then Sync (protocol message formats).
+_DESCRIBE_PORTAL = b"D" + struct.pack("!i", 6) + b"P\x00"
+_EXECUTE_SYNC = b"E" + struct.pack("!i", 9) + b"\x00" + struct.pack("!i", 0) + b"S" + struct.pack("!i", 4)
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(sql: str) -> tuple[str, Any]:
+    """pg8000's ``:name`` to ``$n`` rewrite, a character loop of ~0.3 ms, done once per SQL text."""
+    return pg8000.native.to_statement(sql)
+
+
+def _execute(raw: pg8000.native.Connection, sql: str, params: dict[str, Any]) -> tuple[Any, Any]:
+    """One parameterised statement in ONE round trip: Parse, Bind, Describe, Execute, Sync, sent together.
+
+    pg8000's ``run`` waits for the server after Parse and again after Describe before it binds, three
+    round trips a statement; the extended protocol needs only the Sync's. The statement and its
+    parameters are sent exactly as pg8000 sends them (untyped, as text), so PostgreSQL infers the same
+    types and pg8000's converters read the rows. An error anywhere makes the server skip to the Sync and
+    answer it; ``handle_messages`` reads up to that answer and raises the error, as ``run`` does.
+    """
+    statement, make_values = _statement(sql)
+    context = pg_core.Context(statement)
+    sock = raw._sock  # pg8000 has no public batch of messages; its own sends write to this
+    if sock is None:
+        raise InterfaceError("connection is closed")
+    raw.send_PARSE(pg_core.NULL_BYTE, statement, ())
+    raw.send_BIND(pg_core.NULL_BYTE, make_params(raw.py_types, make_values(params)))
+    try:
+        sock.write(_DESCRIBE_PORTAL + _EXECUTE_SYNC)
+        sock.flush()
+    except OSError as exc:
+        raise InterfaceError("network error") from exc
+    raw.handle_messages(context)
+    return context.rows, context.columns
 
 
 def _sqlstate(exc: DatabaseError) -> str | None:

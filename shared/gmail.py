@@ -67,6 +67,7 @@ PERMISSION_REASONS = frozenset(
 
 _documents: dict[str, dict[str, Any]] = {}
 _services: dict[str, Any] = {}
+_resources: dict[tuple[str, ...], Any] = {}
 _build_lock = threading.Lock()
 
 
@@ -95,6 +96,24 @@ def service(endpoint: str) -> Any:
             built = build_from_document(_document(endpoint), http=RequestsHttp())
             _services[endpoint] = built
         return built
+
+
+def resource(endpoint: str, *path: str) -> Any:
+    """The nested ``Resource`` at ``path`` (e.g. ``"users", "messages"``), built once per instance.
+
+    Each ``users()`` / ``messages()`` call builds a new Resource and every one of its methods from the
+    discovery document: ~4 ms a send, measured, of a warm call's ~10 ms budget. A Resource keeps no
+    per-call state (calls pass their own http), so one per instance serves every call and thread.
+    """
+    key = (endpoint, *path)
+    found = _resources.get(key)
+    if found is None:
+        found = service(endpoint)
+        for name in path:
+            found = getattr(found, name)()
+        with _build_lock:
+            found = _resources.setdefault(key, found)
+    return found
 
 
 class StoreCredentials(google.auth.credentials.Credentials):
@@ -208,6 +227,7 @@ class GmailClient:
     def __init__(self, endpoint: str, credentials: google.auth.credentials.Credentials) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.service = service(self.endpoint)
+        self.messages = resource(self.endpoint, "users", "messages")
         self.transport = RequestsHttp()
         self.http = google_auth_httplib2.AuthorizedHttp(credentials, http=self.transport)
 
@@ -276,17 +296,13 @@ class GmailClient:
     ) -> dict[str, Any]:
         """One page of users.messages.list."""
         return self.execute_for_object(
-            lambda: (
-                self.service.users()
-                .messages()
-                .list(
-                    userId="me",
-                    q=q or None,
-                    labelIds=label_ids or None,
-                    maxResults=max_results,
-                    pageToken=page_token or None,
-                    includeSpamTrash=include_spam_trash,
-                )
+            lambda: self.messages.list(
+                userId="me",
+                q=q or None,
+                labelIds=label_ids or None,
+                maxResults=max_results,
+                pageToken=page_token or None,
+                includeSpamTrash=include_spam_trash,
             )
         )
 
@@ -296,27 +312,20 @@ class GmailClient:
         """One users.messages.get."""
         header_list = list(headers) if fmt == "metadata" else None
         return self.execute_for_object(
-            lambda: (
-                self.service.users()
-                .messages()
-                .get(userId="me", id=message_id, format=fmt, metadataHeaders=header_list)
-            )
+            lambda: self.messages.get(userId="me", id=message_id, format=fmt, metadataHeaders=header_list)
         )
 
     def get_thread(self, thread_id: str) -> dict[str, Any]:
         """One users.threads.get (``format=full``): every message of the thread in one round trip."""
         return self.execute_for_object(
-            lambda: self.service.users().threads().get(userId="me", id=thread_id, format="full")
+            lambda: resource(self.endpoint, "users", "threads").get(userId="me", id=thread_id, format="full")
         )
 
     def get_attachment(self, message_id: str, attachment_id: str) -> dict[str, Any]:
         """One users.messages.attachments.get, read whole: ``{size, data}`` (for body parts, not files)."""
         return self.execute_for_object(
-            lambda: (
-                self.service.users()
-                .messages()
-                .attachments()
-                .get(userId="me", messageId=message_id, id=attachment_id)
+            lambda: resource(self.endpoint, "users", "messages", "attachments").get(
+                userId="me", messageId=message_id, id=attachment_id
             )
         )
 
@@ -370,7 +379,7 @@ class GmailClient:
             raise exception
 
         batch = BatchHttpRequest(callback=collect, batch_uri=f"{self.endpoint}/batch/gmail/v1")
-        messages = self.service.users().messages()
+        messages = self.messages
         for message_id in chunk:
             batch.add(
                 messages.get(userId="me", id=message_id, format=fmt, metadataHeaders=headers),
@@ -398,7 +407,7 @@ class GmailClient:
         body: dict[str, Any] = {"threadId": thread_id} if thread_id else {}
 
         def make() -> Any:
-            messages = self.service.users().messages()
+            messages = self.messages
             if len(raw) <= SIMPLE_SEND_MAX_BYTES:
                 return messages.send(
                     userId="me", body={**body, "raw": base64.urlsafe_b64encode(raw).decode()}

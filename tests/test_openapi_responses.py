@@ -514,6 +514,8 @@ def _get_file(attachment_id: str = "part-2", user: str = "alice") -> Call:
 
 
 SEND = {"user_id": "alice", "to": ["김철수 <chulsoo@example.com>"], "subject": "회의 🙏", "body": "안녕"}
+# A display name needs the mailbox's address, so this send asks Gmail for the profile first.
+SEND_AS = {**SEND, "from_name": "로빙"}
 LIST = {"user_id": "alice", "include_body": True, "label_ids": ["INBOX"]}
 LIST_QUERY = "/list_emails?user_id=alice&include_body=true&label_ids=INBOX"
 
@@ -537,7 +539,7 @@ SCENARIOS = [
         ("send_email", 400, _post("/send_email", {"user_id": "alice", "to": "not-an-address"})),
         ("send_email", 400, _post("/send_email", SEND, headers={"Idempotency-Key": "k" * 256})),
         ("send_email", 401, _post("/send_email", {"user_id": "bob", "to": "a@example.com"})),
-        ("send_email", 403, _gmail_fails(r"/profile$", 403, _post("/send_email", SEND))),
+        ("send_email", 403, _gmail_fails(r"/profile$", 403, _post("/send_email", SEND_AS))),
         ("send_email", 404, _post("/send_email", {"user_id": "nobody", "to": "a@example.com"})),
         ("send_email", 404, _post("/send_email", {**SEND, "reply_to_message_id": "18c0000000000000"})),
         ("send_email", 405, _get("/send_email?user_id=alice")),
@@ -545,7 +547,7 @@ SCENARIOS = [
         ("send_email", 413, _send_too_large),
         ("send_email", 429, _gmail_fails(r"/messages/send$", 429, _post("/send_email", SEND))),
         ("send_email", 500, _post("/send_email", {"user_id": "carol", "to": "a@example.com"})),
-        ("send_email", 502, _gmail_fails(r"/profile$", 418, _post("/send_email", SEND))),
+        ("send_email", 502, _gmail_fails(r"/profile$", 418, _post("/send_email", SEND_AS))),
         ("send_email", 503, _gmail_fails(r"/messages/send$", 500, _post("/send_email", SEND), count=1)),
         ("send_email", 503, _post("/send_email", {"user_id": "alice", "to": "a@example.com"}), DOWN),
         # list_emails, GET

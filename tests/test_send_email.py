@@ -117,7 +117,7 @@ def test_korean_subject_body_names_and_attachment_arrive_intact(client, alice, g
         ("   ", ""),
     ],
 )
-def test_from_is_from_name_with_the_mailbox_address_from_the_profile(
+def test_from_is_the_mailbox_address_with_from_name_as_its_display_name(
     client, alice, gmail, from_name, display_name
 ):
     fields = {"from_name": from_name} if from_name is not None else {}
@@ -126,12 +126,25 @@ def test_from_is_from_name_with_the_mailbox_address_from_the_profile(
     assert response.status_code == 200, response.get_json()
     (sender,) = only_sent(gmail)["From"].addresses
     assert (sender.display_name, sender.addr_spec) == (display_name, MAILBOX)
-    assert gmail.count("GET", r"/profile$") == 1
+    # Only a display name needs the address from the profile; without one Gmail sets From itself.
+    assert gmail.count("GET", r"/profile$") == (1 if display_name else 0)
+
+
+def test_a_first_send_without_from_name_is_one_gmail_round_trip(client, alice, gmail):
+    response = send(client, to="a@example.com", subject="hi", body="x")
+
+    assert response.status_code == 200, response.get_json()
+    assert [request.path for request in gmail.requests] == ["/gmail/v1/users/me/messages/send"]
+    (posted,) = send_requests(gmail)
+    raw = base64.urlsafe_b64decode(posted.json()["raw"])
+    assert "From" not in email.message_from_bytes(raw)  # what we sent; Gmail added the From above
+    assert only_sent(gmail)["Message-ID"].endswith("@skill-email.local>")
 
 
 def test_sender_address_is_cached_between_sends(client, alice, gmail):
     for _ in range(2):
-        assert send(client, to="a@example.com", subject="hi", body="x").status_code == 200
+        response = send(client, to="a@example.com", subject="hi", body="x", from_name="Robeing")
+        assert response.status_code == 200
     assert gmail.count("GET", r"/profile$") == 1
     assert len(gmail.sent_messages()) == 2
 
@@ -553,8 +566,9 @@ def test_gmail_401_on_first_call_refreshes_once_through_the_store_then_sends(
     authorizations = [r.headers["authorization"] for r in gmail.requests]
     assert authorizations[0] == f"Bearer {stale}"
     assert set(authorizations[1:]) == {f"Bearer {new_token}"}
+    # The first call is the send itself: refused with 401 (so not sent), then posted again once.
     assert len(gmail.sent_messages()) == 1
-    assert gmail.count("POST", SEND_PATH) == 1
+    assert gmail.count("POST", SEND_PATH) == 2
 
 
 def test_revoked_refresh_token_is_401_reauth_required(client, user_token, conn, gmail, token_endpoint):
@@ -653,7 +667,7 @@ def test_gmail_500_without_the_message_is_503_with_message_id_and_nothing_is_res
     assert response.status_code == 503
     error = error_of(response)
     assert error["code"] == "unavailable"
-    assert error["message_id"].startswith("<") and error["message_id"].endswith("@example.com>")
+    assert error["message_id"].startswith("<") and error["message_id"].endswith("@skill-email.local>")
     assert gmail.count("POST", SEND_PATH) == 1
     assert gmail.sent_messages() == []
     (search,) = gmail.find("GET", r"/messages$")

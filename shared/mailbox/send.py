@@ -33,6 +33,9 @@ UNKNOWN_OUTCOME_WAIT_S = 2.0
 # The mailbox address changes only when a person reconnects another account; Gmail rewrites a From
 # that is not the account's own anyway, so a short cache is safe and saves a round trip per send.
 SENDER_CACHE_S = 600.0
+# The right side of our Message-IDs when the mailbox's address is not known (a send without from_name
+# never asks Gmail for it): any domain-like name keeps the id unique; the random left side does the rest.
+MESSAGE_ID_DOMAIN = "skill-email.local"
 
 _senders: dict[tuple[str, int | None], tuple[str, float]] = {}
 _senders_lock = threading.Lock()
@@ -72,8 +75,12 @@ def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
                 client,
                 record,
             ):
-                sender = _sender(client, record)
-                message_id = compose.new_message_id(sender.rpartition("@")[2] or "skill-email.local")
+                # Without a display name, From is left to Gmail, which sets the mailbox's own address:
+                # no profile lookup (one Gmail round trip) before a first send. A display name needs
+                # the address itself, looked up once per user and instance.
+                sender = _sender(client, record) if mail.from_name else None
+                domain = sender.rpartition("@")[2] if sender else ""
+                message_id = compose.new_message_id(domain or MESSAGE_ID_DOMAIN)
                 if key is not None:
                     assert session.conn is not None
                     claim = idempotency.claim(
@@ -119,7 +126,11 @@ def _replay(
 
 
 def _send(
-    client: GmailClient, mail: request.OutgoingMail, sender: str, message_id: str, args: SendEmailRequest
+    client: GmailClient,
+    mail: request.OutgoingMail,
+    sender: str | None,
+    message_id: str,
+    args: SendEmailRequest,
 ) -> dict[str, Any]:
     reply = None
     if args.reply_to_message_id:

@@ -66,7 +66,7 @@ def new_message_id(domain: str) -> str:
 
 def build_message(
     mail: OutgoingMail,
-    sender: str,
+    sender: str | None,
     *,
     message_id: str,
     reply: ReplyContext | None = None,
@@ -78,7 +78,8 @@ def build_message(
 
     Args:
         mail: The validated request.
-        sender: The mailbox's own address (Gmail's profile ``emailAddress``); From always uses it.
+        sender: The mailbox's own address (Gmail's profile ``emailAddress``), for a From with
+            ``mail.from_name``; None leaves From out, and Gmail sets it to the mailbox's own address.
         message_id: The Message-ID to set, e.g. from :func:`new_message_id`.
         reply: The message answered, to set In-Reply-To, References and a "Re: " subject.
         date: The Date header; now when omitted (naive values are taken as UTC).
@@ -87,18 +88,24 @@ def build_message(
         The message, ready for :func:`to_raw`.
 
     Raises:
-        ValueError: ``sender`` or ``message_id`` is malformed (our bug or Gmail's, never the caller's).
+        ValueError: ``sender`` or ``message_id`` is malformed, or ``sender`` is missing for a
+            ``from_name`` (our bug or Gmail's, never the caller's).
     """
-    try:
-        own = parse_address(sender, "sender")
-    except errors.InvalidArgument as exc:
-        raise ValueError(f"unusable sender address {sender!r}: {exc.message}") from exc
+    own = None
+    if sender is not None:
+        try:
+            own = parse_address(sender, "sender")
+        except errors.InvalidArgument as exc:
+            raise ValueError(f"unusable sender address {sender!r}: {exc.message}") from exc
+    elif mail.from_name:
+        raise ValueError("a from_name needs the mailbox's own address")
     if not _MSG_ID.fullmatch(message_id):
         raise ValueError(f"not a Message-ID: {message_id!r}")
 
     message = EmailMessage(policy=policy.default)
-    from_address = Address(display_name=mail.from_name or "", username=own.username, domain=own.domain)
-    message["From"] = _address_header("From", (from_address,))
+    if own is not None:
+        from_address = Address(display_name=mail.from_name or "", username=own.username, domain=own.domain)
+        message["From"] = _address_header("From", (from_address,))
     message["To"] = _address_header("To", _addresses(mail.to))
     if mail.cc:
         message["Cc"] = _address_header("Cc", _addresses(mail.cc))

@@ -36,8 +36,10 @@ default layout) or "data_first".
 
 Known simplifications: `format=metadata` returns `payload` as {"mimeType", "headers"} only (as Gmail does);
 header values are returned exactly as in the raw message (RFC 2047 encoded words NOT decoded, like Gmail);
-`snippet` is the first 200 characters of the text, HTML-escaped (`'` -> `&#39;`), like Gmail; sending does
-not add a Message-ID or rewrite From; threading uses only the `threadId` given (else a new thread).
+`snippet` is the first 200 characters of the text, HTML-escaped (`'` -> `&#39;`), like Gmail; sending a
+message without From adds `From: <the mailbox's address>`, as Gmail does (the sent copy and the delivered
+mail carry the account's address); sending does not add a Message-ID or rewrite a From given; threading
+uses only the `threadId` given (else a new thread).
 """
 
 from __future__ import annotations
@@ -560,6 +562,9 @@ class FakeGmail(GmailWatchMixin, FakeServer):
         parsed = email.message_from_bytes(raw)
         if not any(parsed.get(name, "").strip() for name in ("To", "Cc", "Bcc")):
             return google_error(400, "Recipient address required", "invalidArgument")
+        if "From" not in parsed:
+            raw = f"From: {mailbox.email_address}\r\n".encode("ascii") + raw
+            parsed = email.message_from_bytes(raw)
         if thread_id and not any(m.thread_id == thread_id for m in mailbox.messages.values()):
             return google_error(404, "Requested entity was not found.", "notFound")
         stored = self._store(mailbox, raw, parsed, ["SENT"], thread_id, int(time.time() * 1000))
