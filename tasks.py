@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""The two commands of this project, needing only Python 3.11+ and PyPI:
+"""The four commands of this project, needing only Python 3.11+ and PyPI:
 
-    python3 tasks.py serve    run all four functions on http://localhost:8080 over an embedded PostgreSQL
+    python3 tasks.py serve    run every target on http://localhost:8080 over an embedded PostgreSQL
     python3 tasks.py test     run the whole test suite (extra arguments go to pytest)
     python3 tasks.py check    ruff, ruff format --check and mypy
+    python3 tasks.py venv     only create (or update) the virtualenv, e.g. for deploy.sh
 
 Each creates .venv on first use and re-installs requirements-dev.txt whenever it changes.
+TASKS_PYTHON=/path/to/python3.12 runs them on that interpreter instead, in its own virtualenv
+.venv-3.12 (named after its version), so that CI can run the suite on the deployed Python too.
 """
 
 from __future__ import annotations
@@ -14,13 +17,30 @@ import hashlib
 import os
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = ROOT / ".venv"
-PYTHON = VENV / "bin" / "python"
-STAMP = VENV / ".requirements.sha256"
+
+
+def interpreter() -> tuple[str, Path]:
+    """The base interpreter and its virtualenv: this Python and .venv, or TASKS_PYTHON and .venv-X.Y."""
+    chosen = os.environ.get("TASKS_PYTHON", "")
+    if not chosen:
+        if sys.version_info < (3, 11):
+            sys.exit("Python 3.11 or newer is needed")
+        return sys.executable, ROOT / ".venv"
+    try:
+        found = subprocess.run(
+            [chosen, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        sys.exit(f"TASKS_PYTHON={chosen} does not run: {exc}")
+    if tuple(int(part) for part in found.split(".")) < (3, 11):
+        sys.exit(f"TASKS_PYTHON={chosen} is Python {found}; 3.11 or newer is needed")
+    return chosen, ROOT / f".venv-{found}"
 
 
 def requirements_digest() -> str:
@@ -30,18 +50,19 @@ def requirements_digest() -> str:
     return digest.hexdigest()
 
 
-def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
-        sys.exit("Python 3.11 or newer is needed")
-    if not PYTHON.exists():
-        print("creating .venv ...", file=sys.stderr)
-        venv.EnvBuilder(with_pip=True).create(VENV)
+def ensure_venv(base: str, venv_dir: Path) -> Path:
+    """Create ``venv_dir`` with ``base`` if missing, install requirements-dev.txt when it changed."""
+    python = venv_dir / "bin" / "python"
+    stamp = venv_dir / ".requirements.sha256"
+    if not python.exists():
+        print(f"creating {venv_dir.name} ...", file=sys.stderr)
+        subprocess.run([base, "-m", "venv", str(venv_dir)], check=True)
     wanted = requirements_digest()
-    if not STAMP.exists() or STAMP.read_text().strip() != wanted:
-        print("installing requirements-dev.txt into .venv ...", file=sys.stderr)
+    if not stamp.exists() or stamp.read_text().strip() != wanted:
+        print(f"installing requirements-dev.txt into {venv_dir.name} ...", file=sys.stderr)
         subprocess.run(
             [
-                str(PYTHON),
+                str(python),
                 "-m",
                 "pip",
                 "install",
@@ -52,27 +73,30 @@ def ensure_venv() -> None:
             ],
             check=True,
         )
-        STAMP.write_text(wanted)
+        stamp.write_text(wanted)
+    return python
 
 
-def run(args: list[str]) -> int:
+def run(python: Path, args: list[str]) -> int:
     os.chdir(ROOT)
-    return subprocess.call([str(PYTHON), *args])
+    return subprocess.call([str(python), *args])
 
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
-    if command not in ("serve", "test", "check"):
+    if command not in ("serve", "test", "check", "venv"):
         print(__doc__)
         return 0 if command in ("help", "-h", "--help") else 2
-    ensure_venv()
+    python = ensure_venv(*interpreter())
+    if command == "venv":
+        return 0
     if command == "serve":
-        return run(["-m", "devtools.serve", *argv[1:]])
+        return run(python, ["-m", "devtools.serve", *argv[1:]])
     if command == "test":
-        return run(["-m", "pytest", *argv[1:]])
-    status = run(["-m", "ruff", "check", "."])
-    status |= run(["-m", "ruff", "format", "--check", "."])
-    status |= run(["-m", "mypy"])
+        return run(python, ["-m", "pytest", *argv[1:]])
+    status = run(python, ["-m", "ruff", "check", "."])
+    status |= run(python, ["-m", "ruff", "format", "--check", "."])
+    status |= run(python, ["-m", "mypy"])
     return status
 
 

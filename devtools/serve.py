@@ -1,4 +1,4 @@
-"""``python -m devtools.serve``: all four functions on one port, over an embedded PostgreSQL.
+"""``python -m devtools.serve``: every target of the registry on one port, over an embedded PostgreSQL.
 
 Each target is functions-framework's own app (``create_app(target=NAME, source="main.py")``) mounted
 under ``/NAME`` with werkzeug's ``DispatcherMiddleware``, so a request goes through exactly the code a
@@ -108,7 +108,7 @@ def at_root(app: Any) -> Any:
 
 
 def build_app(base_url: str) -> Any:
-    """The four functions-framework apps under ``/NAME``, and the index at ``/``."""
+    """The functions-framework apps of every target under ``/NAME``, and the index at ``/``."""
     source = str(ROOT / "main.py")
     mounts = {
         f"/{name}": at_root(functions_framework.create_app(target=name, source=source)) for name in TARGETS

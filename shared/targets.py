@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from shared import request_types as rt
 from shared.params import MAX_BODY_BYTES
 
-# The caller roles of CONTRACT.md's "Callers". The operator may call every target; ``Target.roles`` names
-# who else may, and deploy.sh grants run.invoker per function from the same list.
+# The caller roles (docs/deploy.md, "Who may call what"). The operator may call every target;
+# ``Target.roles`` names who else may, and deploy.sh grants run.invoker per function from the same list.
 ROBEING = "robeing"
 SCHEDULER = "scheduler"
 OPERATOR = "operator"
 
 # How a target is triggered when deployed: an HTTP function, or a CloudEvent function subscribed to the
-# Pub/Sub topic Gmail publishes to (gmail_push).
+# Pub/Sub topic Gmail publishes to (deploy.sh gives it --trigger-topic, its own service account, --retry).
 HTTP = "http"
 PUBSUB = "pubsub"
 
@@ -42,6 +42,13 @@ class Target:
     # Who besides the operator may call it (and so gets run.invoker on it when deployed).
     roles: tuple[str, ...] = (ROBEING,)
     trigger: str = HTTP
+    # Deploy sizes, read by devtools/deploy_plan.py (docs/deploy.md says why each is what it is).
+    memory: str = "1Gi"
+    timeout: str = "60s"
+    # The most requests one instance serves at once; the planner picks between half this and this.
+    max_concurrency: int = 4
+    # Its weight in the split of the database-connection budget among the robeing-facing targets.
+    db_weight: int = 1
 
     @property
     def module(self) -> str:
@@ -56,12 +63,15 @@ TARGETS: tuple[Target, ...] = (
         rt.SendEmailRequest,
         "sends a message from the user's Gmail mailbox",
         max_body=MAX_SEND_BODY_BYTES,
+        timeout="120s",
+        db_weight=2,
     ),
     Target(
         "list_emails",
         ("GET", "POST"),
         rt.ListEmailsRequest,
         "lists / searches the user's messages, with decoded headers and optionally bodies",
+        db_weight=2,
     ),
     Target(
         "get_email",
@@ -87,12 +97,17 @@ TARGETS: tuple[Target, ...] = (
         rt.RefreshTokensRequest,
         "refreshes one user's token now, or every equipped token close to expiry (Cloud Scheduler)",
         roles=(SCHEDULER,),
+        memory="512Mi",
+        timeout="540s",
+        max_concurrency=1,
     ),
     Target(
         "token_status",
         ("GET", "POST"),
         rt.TokenStatusRequest,
         "tells whether a user has a usable token; never returns token values",
+        memory="512Mi",
+        max_concurrency=8,
     ),
     Target(
         "watch_mailbox",
@@ -120,8 +135,9 @@ TARGETS: tuple[Target, ...] = (
         ("POST",),
         rt.McpRequest,
         "the same operations as MCP tools (Model Context Protocol, streamable HTTP, stateless)",
-        # A tools/call of send_email carries the same attachments as send_email itself.
+        # A tools/call of send_email carries the same attachments, and runs the same send, as send_email.
         max_body=MAX_SEND_BODY_BYTES,
+        timeout="120s",
     ),
 )
 

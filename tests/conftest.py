@@ -10,7 +10,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -142,7 +142,7 @@ def row(conn: db.Connection, row_id: int) -> dict[str, Any]:
 
 def utc_in(seconds: float) -> datetime:
     """Naive UTC ``seconds`` from now, as the ``expiry`` column holds it."""
-    return datetime.utcnow() + timedelta(seconds=seconds)
+    return datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=seconds)
 
 
 # -- Google fakes ------------------------------------------------------------------------------------

@@ -113,14 +113,11 @@ def test_socket_url_reaches_the_embedded_server(pg_admin_url, monkeypatch):
 
     if os.environ.get("TEST_DATABASE_URL"):
         pytest.skip("the unix-socket case needs the embedded server, whose socket directory we know")
-    # the embedded server's socket URL is derived from its TCP URL's port
+    # The server names its own socket directory (a temp dir wherever TMPDIR points), so no path is assumed.
     params = db.parse_database_url(pg_admin_url)
-    import glob
-
-    sockets = glob.glob(f"/tmp/skill-email-pg-*/.s.PGSQL.{params.port}")
-    assert sockets
-    socket_dir = sockets[0].rsplit("/", 1)[0]
-    url = f"postgresql://postgres@/postgres?host={socket_dir}&port={params.port}"
+    with db.connection(params) as conn:
+        socket_dir = conn.one("SELECT current_setting('unix_socket_directories') AS d")["d"].split(",")[0]
+    url = f"postgresql://postgres@/postgres?host={socket_dir.strip()}&port={params.port}"
     with db.connection(db.parse_database_url(url)) as conn:
         assert conn.one("SELECT 1 AS one") == {"one": 1}
 

@@ -1,7 +1,7 @@
 """Generated requests against every target: schemathesis from docs/openapi.yaml, and hypothesis over the
 request parsers. Whatever arrives, the answer is a documented status with a JSON body, never a 5xx.
 
-Everything runs in-process (one WSGI app of the four functions-framework apps), over the real
+Everything runs in-process (one WSGI app of every target's functions-framework app), over the real
 PostgreSQL, with Gmail and Google's token endpoint faked on loopback: no call leaves the machine.
 """
 

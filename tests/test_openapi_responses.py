@@ -1,6 +1,6 @@
 """Real responses of every target, checked against docs/openapi.yaml.
 
-All four functions-framework apps are mounted on one WSGI app (``/send_email``, ``/list_emails``, ...),
+The functions-framework apps of every target are mounted on one WSGI app (``/send_email``, ...),
 over the real PostgreSQL and the fake Google servers. Every response a scenario provokes is checked for
 its status (documented for the operation), its content type and its body (the operation's response
 schema, Draft 2020-12, ``$ref``s resolved within the spec, formats checked, and no property the spec
@@ -182,7 +182,8 @@ def assert_conforms(response: TestResponse, path: str, method: str) -> Any:
 
 # -- the contract's statuses, operation by operation ------------------------------------------------
 
-# Errors any operation that reaches Gmail can answer (CONTRACT.md, Errors), and those of the others.
+# Errors any operation that reaches Gmail can answer (docs/openapi.yaml's error responses), and the
+# others'.
 _GMAIL = {200, 400, 401, 403, 404, 405, 429, 500, 502, 503}
 CONTRACT_STATUSES = {
     "send_email": _GMAIL | {409, 413},

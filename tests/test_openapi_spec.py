@@ -1,4 +1,4 @@
-"""docs/openapi.yaml: valid OpenAPI 3.1 and faithful to /work/shared/CONTRACT.md's fields and codes."""
+"""docs/openapi.yaml: valid OpenAPI 3.1 and faithful to the contract's fields and codes (the tables below)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,7 +19,7 @@ def add_idempotency(conn: db.Connection, key: str, expires_in_s: float) -> None:
         "VALUES ('alice', :key, :fingerprint, 'succeeded', :expires_at)",
         key=key,
         fingerprint="0" * 64,
-        expires_at=datetime.utcnow() + timedelta(seconds=expires_in_s),
+        expires_at=datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=expires_in_s),
     )
 
 
@@ -27,7 +27,7 @@ def add_audit(conn: db.Connection, age_days: float) -> int:
     row = conn.one(
         "INSERT INTO gmail_audit_logs (created_at, user_id, action, status, http_status, duration_ms) "
         "VALUES (:created_at, 'alice', 'send', 'ok', 200, 5) RETURNING id",
-        created_at=datetime.utcnow() - timedelta(days=age_days),
+        created_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=age_days),
     )
     assert row is not None
     return int(row["id"])

@@ -827,8 +827,11 @@ def test_concurrent_requests_with_one_key_send_exactly_once(client, alice, gmail
     results: list[tuple[int, Any]] = []
     lock = threading.Lock()
 
-    def attempt() -> None:
-        test_client = client("send_email")
+    # Both apps are built here, not in the threads: building one parses code with ast, which CPython
+    # 3.11.7 cannot do in two threads at once ("AST constructor recursion depth mismatch", gh-106905).
+    test_clients = [client("send_email") for _ in range(2)]
+
+    def attempt(test_client: Any) -> None:
         barrier.wait()
         response = test_client.post(
             "/", json={"user_id": "alice", "to": "a@example.com", "body": "b"}, headers=headers
@@ -836,7 +839,7 @@ def test_concurrent_requests_with_one_key_send_exactly_once(client, alice, gmail
         with lock:
             results.append((response.status_code, response.get_json()))
 
-    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    threads = [threading.Thread(target=attempt, args=(c,)) for c in test_clients]
     for thread in threads:
         thread.start()
     for thread in threads:

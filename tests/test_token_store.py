@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import responses
@@ -193,7 +193,7 @@ def test_refresh_user_writes_new_token_and_keeps_other_keys(client, conn, token_
     assert after["token_data"]["refresh_token"] == before["token_data"]["refresh_token"]
     assert after["token_data"]["custom"] == 1
     assert after["token_data"]["token_type"] == "Bearer"
-    assert after["expiry"] > before["expiry"] - (before["expiry"] - datetime.utcnow())
+    assert after["expiry"] > before["expiry"] - (before["expiry"] - datetime.now(UTC).replace(tzinfo=None))
     assert after["updated_at"] > before["updated_at"]
     sent = token_endpoint.find("POST", "/token")[0].form()
     assert sent["grant_type"] == "refresh_token"
@@ -223,7 +223,7 @@ def test_expires_in_as_string_is_accepted(conn, database_url, token_endpoint, us
     with db.connection() as connection:
         record = DatabaseTokenStore(connection).usable("kim")
     assert record.expiry is not None
-    assert row(conn, row_id)["expiry"] > datetime.utcnow()
+    assert row(conn, row_id)["expiry"] > datetime.now(UTC).replace(tzinfo=None)
 
 
 def test_fresh_token_is_used_without_calling_google(conn, database_url, token_endpoint, user_token):
