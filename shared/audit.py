@@ -1,4 +1,4 @@
-"""The audit log: one ``gmail_audit_logs`` row per send, list and read, for operators and abuse review.
+"""The audit log: one ``gmail_audit_logs`` row per call (send, list, read, draft, modify).
 
 A row says who (user, robeing), what (action), how it ended (status, HTTP status, error code), what
 Gmail returned (message and thread ids, result count) and what it cost (duration, Gmail calls). It never
@@ -31,6 +31,12 @@ SEND_REPLAY = "send_replay"
 READ = "read"
 READ_THREAD = "read_thread"
 ATTACHMENT = "attachment"
+CREATE_DRAFT = "create_draft"
+CREATE_DRAFT_REPLAY = "create_draft_replay"
+SEND_DRAFT = "send_draft"
+SEND_DRAFT_REPLAY = "send_draft_replay"
+MODIFY = "modify_email"
+LIST_LABELS = "list_labels"
 OK = "ok"
 ERROR = "error"
 

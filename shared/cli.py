@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared import audit, config, db, logs, schema
+from shared import audit, config, db, logs, schema, scopes
 from shared.config import ConfigError
 from shared.errors import SkillEmailError
 from shared.tokens import keyring, maintenance, provider
@@ -151,12 +151,12 @@ def cmd_add_token(args: argparse.Namespace) -> int:
     return 0
 
 
-GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
-GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
-# Least privilege: the functions send (gmail.send) and list and read (gmail.readonly, which search and
-# bodies need). gmail.modify would also let a leaked token trash or relabel mail, which nothing here
-# does; and it is a restricted scope just like gmail.readonly, so asking for it would gain nothing.
-DEFAULT_SCOPES = (GMAIL_SEND, GMAIL_READONLY)
+GMAIL_SEND = scopes.SEND
+GMAIL_READONLY = scopes.READONLY
+# Least privilege: by default the functions send (gmail.send) and list and read (gmail.readonly, which
+# search and bodies need). Drafts need gmail.compose and labels or trash gmail.modify; an operator asks
+# for them with --scopes when a robeing needs them (README, "Scopes").
+DEFAULT_SCOPES = scopes.DEFAULT_AUTHORIZE
 # How long the local redirect server waits for the browser before giving up.
 DEFAULT_CONSENT_TIMEOUT_S = 600
 CONSENT_PROMPT = "Open this URL in a browser signed in as the mailbox's owner:\n{url}\n"
@@ -220,11 +220,12 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     token_cipher()
     with db.connection():
         pass
-    scopes = args.scope or list(DEFAULT_SCOPES)
+    wanted = list(dict.fromkeys(scopes.expand(name) for name in args.scopes)) if args.scopes else None
+    asked = wanted or list(DEFAULT_SCOPES)
     # oauthlib raises when Google grants fewer scopes than asked; we store what was granted and say so.
     os.environ.setdefault("OAUTHLIB_RELAX_TOKEN_SCOPE", "1")
     try:
-        flow = InstalledAppFlow.from_client_secrets_file(str(secrets_path), scopes=scopes)
+        flow = InstalledAppFlow.from_client_secrets_file(str(secrets_path), scopes=asked)
         credentials = flow.run_local_server(
             port=args.port,
             open_browser=not args.no_browser,
@@ -243,7 +244,7 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         return 1
     stored = store_credentials(args.user_id, credentials, args.robeing_id)
     row = credentials_to_row(credentials)
-    missing = [scope for scope in scopes if scope not in row["scopes"]]
+    missing = [scope for scope in asked if scope not in row["scopes"]]
     print(f"{args.user_id}: {stored.outcome}; scopes: {' '.join(row['scopes'])}")
     _note_previous(args.user_id, args.robeing_id, stored)
     if missing:
@@ -379,7 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-secrets", required=True, help="the OAuth client's JSON (type: Desktop app)"
     )
     authorize.add_argument("--robeing-id", type=robeing_id_arg, help="equip the token to this robeing")
-    authorize.add_argument("--scope", action="append", help=f"repeatable; default {' '.join(DEFAULT_SCOPES)}")
+    authorize.add_argument(
+        "--scopes",
+        "--scope",
+        dest="scopes",
+        nargs="+",
+        action="extend",
+        metavar="SCOPE",
+        help="what to ask Google for: full URLs or short names (gmail.compose, gmail.modify, "
+        f"mail.google.com); default {' '.join(DEFAULT_SCOPES)}",
+    )
     authorize.add_argument(
         "--port", type=int, default=0, help="the local redirect port (default 0: any free port)"
     )

@@ -332,21 +332,28 @@ class GmailClient:
     def get_messages(
         self, ids: list[str], *, fmt: str, headers: Iterable[str] = METADATA_HEADERS
     ) -> list[dict[str, Any]]:
-        """users.messages.get for many ids in Gmail batch requests of at most ``BATCH_SIZE``.
+        """users.messages.get for many ids in Gmail batch requests (see ``batch_get``)."""
+        header_list = list(headers) if fmt == "metadata" else None
+        return self.batch_get(
+            ids, lambda item: self.messages.get(userId="me", id=item, format=fmt, metadataHeaders=header_list)
+        )
 
-        A message that vanished since it was listed (404 inside the batch) is left out. Inner answers
-        that are rate-limited or 5xx are retried in a later batch, within the same caps as single calls.
+    def batch_get(self, ids: list[str], make_request: Callable[[str], Any]) -> list[dict[str, Any]]:
+        """One read per id (``make_request(id)``) in Gmail batch requests of at most ``BATCH_SIZE``.
+
+        Answers in the order of ``ids``; an item gone since it was listed (404 in the batch) is left out.
+        Reads only: rate-limited or 5xx inner answers, or a whole failed batch, go again in a later batch,
+        within the same caps as single calls.
         """
         found: dict[str, dict[str, Any]] = {}
         pending = list(dict.fromkeys(ids))
         started = clock.monotonic()
-        header_list = list(headers) if fmt == "metadata" else None
         for attempt in range(1, ATTEMPTS + 1):
             retry: list[str] = []
             last: _Failure | None = None
             for offset in range(0, len(pending), BATCH_SIZE):
                 chunk = pending[offset : offset + BATCH_SIZE]
-                outcome = self._run_batch(chunk, fmt, header_list, found)
+                outcome = self._run_batch(chunk, make_request, found)
                 retry.extend(outcome[0])
                 last = outcome[1] or last
             if not retry:
@@ -355,10 +362,10 @@ class GmailClient:
             if attempt == ATTEMPTS or not self.backoff(attempt, last.retry_after if last else None, started):
                 assert last is not None
                 raise last.error
-        return [found[message_id] for message_id in ids if message_id in found]
+        return [found[item_id] for item_id in ids if item_id in found]
 
     def _run_batch(
-        self, chunk: list[str], fmt: str, headers: list[str] | None, found: dict[str, dict[str, Any]]
+        self, chunk: list[str], make_request: Callable[[str], Any], found: dict[str, dict[str, Any]]
     ) -> tuple[list[str], _Failure | None]:
         retry: list[str] = []
         failures: list[_Failure] = []
@@ -379,12 +386,8 @@ class GmailClient:
             raise exception
 
         batch = BatchHttpRequest(callback=collect, batch_uri=f"{self.endpoint}/batch/gmail/v1")
-        messages = self.messages
-        for message_id in chunk:
-            batch.add(
-                messages.get(userId="me", id=message_id, format=fmt, metadataHeaders=headers),
-                request_id=message_id,
-            )
+        for item_id in chunk:
+            batch.add(make_request(item_id), request_id=item_id)
         try:
             batch.execute(http=self.http)
         except HttpError as exc:  # the batch itself failed: every request in it is pending again

@@ -148,7 +148,7 @@ def _now() -> datetime:
     return clock.to_naive_utc(clock.utcnow())
 
 
-def claim(conn: Connection, user_id: str, key: str, fingerprint: str, *, message_id: str) -> Claim:
+def claim(conn: Connection, user_id: str, key: str, fingerprint: str, *, message_id: str | None) -> Claim:
     """Claims ``key`` for this request, or says what to answer instead.
 
     Args:
@@ -158,7 +158,7 @@ def claim(conn: Connection, user_id: str, key: str, fingerprint: str, *, message
         key: a value from ``validate_key``.
         fingerprint: ``fingerprint(body)`` of this request.
         message_id: the Message-ID this attempt will put on the message, stored so that a later
-            takeover can look for it in Gmail.
+            takeover can look for it in Gmail; None when it is learnt later (``note_message_id``).
 
     Returns:
         ``Claim(key)`` when this invocation now holds the key (new key, or an expired row replaced);
@@ -331,6 +331,18 @@ def release(conn: Connection, user_id: str, key: str, *, maybe_sent: bool = Fals
     conn.run(
         "DELETE FROM gmail_idempotency "
         "WHERE user_id = :user_id AND idempotency_key = :key AND state = 'in_progress'",
+        user_id=user_id,
+        key=key,
+    )
+
+
+def note_message_id(conn: Connection, user_id: str, key: str, message_id: str) -> None:
+    """Records the Message-ID the attempt holding ``key`` is about to send (when it learns it only
+    after claiming, as ``send_draft`` does from the draft), so a takeover can search for it."""
+    conn.run(
+        "UPDATE gmail_idempotency SET message_id = :message_id "
+        "WHERE user_id = :user_id AND idempotency_key = :key AND state = 'in_progress'",
+        message_id=message_id,
         user_id=user_id,
         key=key,
     )

@@ -204,7 +204,7 @@ HEADER_FIELDS: dict[str, Field] = {
 
 @dataclass(frozen=True)
 class SendEmailRequest(UserRequest):
-    """``send_email`` (and, later, ``create_draft``): the message's fields, unchecked until composed."""
+    """``send_email`` (and ``create_draft``): the message's fields, unchecked until composed."""
 
     to: Any = None
     cc: Any = None
@@ -235,6 +235,62 @@ class SendEmailRequest(UserRequest):
     def mail_fields(self) -> dict[str, Any]:
         """The message's fields that were given, for the MIME request parser."""
         return {name: getattr(self, name) for name in MAIL_FIELDS if getattr(self, name) is not None}
+
+
+@dataclass(frozen=True)
+class CreateDraftRequest(SendEmailRequest):
+    """``create_draft``: every field of ``send_email``, composed by the same code."""
+
+
+@dataclass(frozen=True)
+class SendDraftRequest(UserRequest):
+    """``send_draft``."""
+
+    draft_id: str = ""
+    idempotency_key: str | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        "draft_id": Field("str", required=True, min_length=1, max_length=256),
+    }
+    HEADERS: ClassVar[dict[str, str]] = {"idempotency_key": IDEMPOTENCY_KEY_HEADER}
+
+
+# Gmail allows 10,000 labels per mailbox; a call naming more than this is a mistake, not a use.
+MAX_LABELS_PER_CALL = 100
+
+
+@dataclass(frozen=True)
+class ModifyEmailRequest(UserRequest):
+    """``modify_email``: one message or one thread, and what to change on it."""
+
+    message_id: str | None = None
+    thread_id: str | None = None
+    add_labels: list[str] | None = None
+    remove_labels: list[str] | None = None
+    mark_read: bool | None = None
+    archive: bool | None = None
+    trash: bool | None = None
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **USER_FIELDS,
+        "message_id": Field("str", min_length=1, max_length=256),
+        "thread_id": Field("str", min_length=1, max_length=256),
+        "add_labels": Field("str_list", max_length=MAX_LABELS_PER_CALL),
+        "remove_labels": Field("str_list", max_length=MAX_LABELS_PER_CALL),
+        "mark_read": Field("bool"),
+        "archive": Field("bool"),
+        "trash": Field("bool"),
+    }
+
+
+@dataclass(frozen=True)
+class ListLabelsRequest(UserRequest):
+    """``list_labels``."""
+
+    include_counts: bool = False
+
+    FIELDS: ClassVar[dict[str, Field]] = {**USER_FIELDS, "include_counts": Field("bool", default=False)}
 
 
 WATCH_ACTIONS = ("start", "stop")

@@ -19,6 +19,8 @@ READONLY = _BASE + "gmail.readonly"
 SEND = _BASE + "gmail.send"
 COMPOSE = _BASE + "gmail.compose"
 MODIFY = _BASE + "gmail.modify"
+LABELS = _BASE + "gmail.labels"
+METADATA = _BASE + "gmail.metadata"
 FULL = "https://mail.google.com/"
 
 # Any one of each tuple will do; the narrowest first, as Google's own documentation lists them.
@@ -26,6 +28,9 @@ READING = (READONLY, MODIFY, FULL)
 SENDING = (SEND, COMPOSE, MODIFY, FULL)
 DRAFTS = (COMPOSE, MODIFY, FULL)
 LABELS_AND_TRASH = (MODIFY, FULL)
+# Listing labels is a read: Gmail's labels.list and labels.get also take gmail.labels and gmail.metadata
+# (discovery document), so a default (send + readonly) token lists them. Changing labels is modify_email.
+LISTING_LABELS = (READONLY, LABELS, METADATA, MODIFY, FULL)
 
 BY_TARGET: dict[str, tuple[str, ...]] = {
     "list_emails": READING,
@@ -36,8 +41,11 @@ BY_TARGET: dict[str, tuple[str, ...]] = {
     "create_draft": DRAFTS,
     "send_draft": DRAFTS,
     "modify_email": LABELS_AND_TRASH,
-    "list_labels": LABELS_AND_TRASH,
+    "list_labels": LISTING_LABELS,
 }
+
+# What `python -m shared.cli authorize` asks for without --scopes: sending and reading, least privilege.
+DEFAULT_AUTHORIZE = (SEND, READONLY)
 
 
 def missing(granted: Iterable[str], needed: tuple[str, ...]) -> bool:
@@ -47,8 +55,8 @@ def missing(granted: Iterable[str], needed: tuple[str, ...]) -> bool:
         granted: The scopes stored with the token (empty when the row never recorded them).
         needed: Full scope URLs, any one of which would do.
     """
-    stored = {_normalise(scope) for scope in granted if scope}
-    return bool(stored) and not stored & {_normalise(scope) for scope in needed}
+    stored = {expand(scope) for scope in granted if scope}
+    return bool(stored) and not stored & {expand(scope) for scope in needed}
 
 
 def denied(needed: tuple[str, ...], *, by_gmail: bool = False) -> PermissionDenied:
@@ -72,8 +80,9 @@ def require(target: str, granted: Iterable[str]) -> None:
         raise denied(needed)
 
 
-def _normalise(scope: str) -> str:
-    """Full URL form: Google accepts, and old rows hold, short names such as ``gmail.send``."""
+def expand(scope: str) -> str:
+    """Full URL form: Google accepts, old rows hold and ``authorize --scopes`` takes short names such as
+    ``gmail.send`` (``mail.google.com`` is the full-access scope)."""
     scope = scope.strip()
     if scope.startswith(("https://", "http://")):
         return scope.rstrip("/") + ("/" if scope.rstrip("/") == FULL.rstrip("/") else "")

@@ -110,6 +110,21 @@ TARGETS: tuple[Target, ...] = (
         max_concurrency=8,
     ),
     Target(
+        "create_draft",
+        ("POST",),
+        rt.CreateDraftRequest,
+        "a draft for a person to review, built like send_email",
+        max_body=MAX_SEND_BODY_BYTES,
+    ),
+    Target("send_draft", ("POST",), rt.SendDraftRequest, "sends a draft"),
+    Target(
+        "modify_email",
+        ("POST",),
+        rt.ModifyEmailRequest,
+        "labels, read/unread, archive, trash for a message or a thread",
+    ),
+    Target("list_labels", ("GET", "POST"), rt.ListLabelsRequest, "the mailbox's labels"),
+    Target(
         "watch_mailbox",
         ("POST",),
         rt.WatchMailboxRequest,

@@ -301,6 +301,29 @@ def test_authorize_runs_the_consent_flow_and_stores_the_token(
     assert row["expiry"] is not None
 
 
+def test_authorize_asks_for_the_scopes_named_with_scopes(
+    conn: db.Connection, database_url: str, tmp_path: Path
+) -> None:
+    compose = "https://www.googleapis.com/auth/gmail.compose"
+    modify = "https://www.googleapis.com/auth/gmail.modify"
+    with FakeGoogleConsent() as fake:
+        result = run_authorize(
+            fake,
+            fake.client_secrets(tmp_path / "cs.json"),
+            database_url,
+            "--scopes",
+            "gmail.compose",
+            modify,
+            "mail.google.com",
+        )
+
+    assert result.returncode == 0, result.stderr
+    [consent] = fake.find("GET", "^/o/oauth2/auth$")
+    assert consent.query["scope"][0].split() == [compose, modify, "https://mail.google.com/"]
+    [row] = stored_rows(conn, "erin")
+    assert row["scopes"] == [compose, modify, "https://mail.google.com/"]
+
+
 def test_authorize_stores_the_scopes_granted_and_warns_about_the_rest(
     conn: db.Connection, database_url: str, tmp_path: Path
 ) -> None:

@@ -752,3 +752,144 @@ def test_recorded_request_parsing() -> None:
     assert request.param("a") == "1"
     assert request.form() == {"x": "1", "y": "é"}
     assert email.message_from_bytes(b"Subject: x\n\nbody").get_payload() == "body"
+
+
+# ---- drafts, modify, trash, labels: the same calls through the real googleapiclient ------------
+
+
+def test_every_new_route_is_a_method_of_the_discovery_document(gmail: FakeGmail) -> None:
+    # Each call below is built by googleapiclient from Gmail's own discovery document, so a method name
+    # or path the fake invented would fail to build; the fake answering each proves the paths agree.
+    users = _gmail_service(gmail).users()
+    parent = gmail.add_message(_raw("a"))
+    label_id = gmail.add_label("Work")
+    draft = users.drafts().create(userId="me", body={"message": {"raw": _b64url(_raw("d"))}}).execute()
+    calls = [
+        users.drafts().list(userId="me", q="subject:d", maxResults=5),
+        users.drafts().get(userId="me", id=draft["id"], format="metadata"),
+        users.messages().modify(userId="me", id=parent, body={"addLabelIds": [label_id]}),
+        users.messages().trash(userId="me", id=parent),
+        users.messages().untrash(userId="me", id=parent),
+        users.threads().modify(userId="me", id=parent, body={"removeLabelIds": ["UNREAD"]}),
+        users.threads().trash(userId="me", id=parent),
+        users.threads().untrash(userId="me", id=parent),
+        users.labels().list(userId="me"),
+        users.labels().get(userId="me", id="INBOX"),
+        users.drafts().send(userId="me", body={"id": draft["id"]}),
+    ]
+    for call in calls:
+        call.execute()  # an unknown route would be a 404 HttpError
+    assert len(gmail.requests) == len(calls) + 1
+
+
+def test_drafts_create_get_list_and_send(gmail: FakeGmail) -> None:
+    drafts = _gmail_service(gmail).users().drafts()
+    parent = gmail.add_message(_raw("original"))
+    raw = _raw("초안 subject", message_id="<draft-1@example.com>")
+    created = drafts.create(
+        userId="me", body={"message": {"raw": _b64url(raw), "threadId": parent}}
+    ).execute()
+    assert created["id"].startswith("r")
+    assert created["message"]["threadId"] == parent
+    assert created["message"]["labelIds"] == ["DRAFT"]
+    got = drafts.get(userId="me", id=created["id"], format="metadata").execute()
+    headers = {h["name"]: h["value"] for h in got["message"]["payload"]["headers"]}
+    assert headers["Message-ID"] == "<draft-1@example.com>"
+    found = drafts.list(userId="me", q="rfc822msgid:draft-1@example.com").execute()
+    assert [d["id"] for d in found["drafts"]] == [created["id"]]
+    assert drafts.list(userId="me", q="rfc822msgid:other@example.com").execute() == {"resultSizeEstimate": 0}
+
+    sent = drafts.send(userId="me", body={"id": created["id"]}).execute()
+    assert sent == {"id": created["message"]["id"], "threadId": parent, "labelIds": ["SENT"]}
+    assert gmail.sent_messages() == [raw]
+    assert gmail.drafts() == {}
+    with pytest.raises(HttpError) as info:
+        drafts.send(userId="me", body={"id": created["id"]}).execute()
+    assert info.value.resp.status == 404
+
+
+def test_draft_via_multipart_upload_and_draft_without_recipient_cannot_be_sent(gmail: FakeGmail) -> None:
+    drafts = _gmail_service(gmail).users().drafts()
+    media = MediaIoBaseUpload(io.BytesIO(_raw("big", to="")), mimetype="message/rfc822", resumable=False)
+    created = drafts.create(userId="me", body={"message": {}}, media_body=media).execute()
+    assert gmail.upload_types == ["multipart"]
+    with pytest.raises(HttpError) as info:
+        drafts.send(userId="me", body={"id": created["id"]}).execute()
+    assert info.value.resp.status == 400
+    assert gmail.sent_messages() == []
+
+
+def test_draft_send_failure_after_sending_is_configurable(gmail: FakeGmail) -> None:
+    drafts = _gmail_service(gmail).users().drafts()
+    created = drafts.create(userId="me", body={"message": {"raw": _b64url(_raw("x"))}}).execute()
+    gmail.fail_after_send(503)
+    with pytest.raises(HttpError) as info:
+        drafts.send(userId="me", body={"id": created["id"]}).execute()
+    assert info.value.resp.status == 503
+    assert len(gmail.sent_messages()) == 1  # Gmail did send it
+
+
+def test_modify_trash_untrash_message_and_thread(gmail: FakeGmail) -> None:
+    users = _gmail_service(gmail).users()
+    first = gmail.add_message(_raw("one"), internal_date_ms=1)
+    second = gmail.add_message(_raw("two"), thread_id=first, internal_date_ms=2)
+    work = gmail.add_label("Work")
+
+    changed = (
+        users.messages()
+        .modify(userId="me", id=first, body={"addLabelIds": [work], "removeLabelIds": ["UNREAD"]})
+        .execute()
+    )
+    assert changed == {"id": first, "threadId": first, "labelIds": ["INBOX", work]}
+    with pytest.raises(HttpError) as info:
+        users.messages().modify(userId="me", id=first, body={"addLabelIds": ["Work"]}).execute()
+    assert info.value.resp.status == 400
+    assert "Invalid label" in info.value.content.decode()
+
+    trashed = users.threads().trash(userId="me", id=first).execute()
+    assert [m["id"] for m in trashed["messages"]] == [first, second]
+    assert all("TRASH" in m["labelIds"] for m in trashed["messages"])
+    assert users.messages().list(userId="me").execute() == {"resultSizeEstimate": 0}
+    restored = users.threads().untrash(userId="me", id=first).execute()
+    assert [m["labelIds"] for m in restored["messages"]] == [["INBOX", work], ["INBOX", "UNREAD"]]
+    one = users.messages().trash(userId="me", id=second).execute()
+    assert one["labelIds"] == ["INBOX", "UNREAD", "TRASH"]
+    assert users.messages().untrash(userId="me", id=second).execute()["labelIds"] == ["INBOX", "UNREAD"]
+    thread = users.threads().modify(userId="me", id=first, body={"removeLabelIds": ["INBOX"]}).execute()
+    assert [m["labelIds"] for m in thread["messages"]] == [[work], ["UNREAD"]]
+    for kind in (users.messages(), users.threads()):
+        with pytest.raises(HttpError) as info:
+            kind.trash(userId="me", id="18c0000000000000").execute()
+        assert info.value.resp.status == 404
+
+
+def test_labels_list_has_no_counts_and_get_and_batches_count(gmail: FakeGmail) -> None:
+    service = _gmail_service(gmail)
+    labels = service.users().labels()
+    gmail.add_message(_raw("a"))
+    gmail.add_message(_raw("b"), labels=["INBOX"])
+    created = labels.create(userId="me", body={"name": "고객/VIP"}).execute()
+    assert (created["name"], created["type"]) == ("고객/VIP", "user")
+    with pytest.raises(HttpError) as info:
+        labels.create(userId="me", body={"name": "고객/vip"}).execute()
+    assert info.value.resp.status == 409
+
+    listed = labels.list(userId="me").execute()["labels"]
+    by_id = {label["id"]: label for label in listed}
+    assert by_id["INBOX"] == {"id": "INBOX", "name": "INBOX", "type": "system"}
+    assert by_id[created["id"]]["name"] == "고객/VIP"
+    assert not any("messagesTotal" in label for label in listed)
+
+    counts: dict[str, Any] = {}
+    batch = BatchHttpRequest(
+        callback=lambda rid, response, exc: counts.__setitem__(rid, exc or response),
+        batch_uri=gmail.url + "/batch/gmail/v1",
+    )
+    for label_id in ("INBOX", "UNREAD", created["id"], "Label_404"):
+        batch.add(labels.get(userId="me", id=label_id), request_id=label_id)
+    batch.execute()
+    assert gmail.batch_sizes == [4]
+    assert (counts["INBOX"]["messagesTotal"], counts["INBOX"]["messagesUnread"]) == (2, 1)
+    assert counts["UNREAD"]["threadsTotal"] == 1
+    assert counts[created["id"]]["messagesTotal"] == 0
+    assert isinstance(counts["Label_404"], HttpError) and counts["Label_404"].resp.status == 404

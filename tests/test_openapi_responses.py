@@ -27,7 +27,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
 
-from shared import targets
+from shared import scopes, targets
 from tests.conftest import MAILBOX, insert_row, row
 from tests.fakes.gmail import FakeGmail
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
@@ -39,6 +39,7 @@ SPEC_URI = "urn:skill-email:openapi"
 TARGETS = tuple(target.name for target in targets.TARGETS)
 
 MiB = 1024 * 1024
+ALL_SCOPES = (scopes.SEND, scopes.READONLY, scopes.COMPOSE, scopes.MODIFY)
 
 
 # -- the functions, all on one WSGI app ---------------------------------------------------------------
@@ -199,6 +200,11 @@ CONTRACT_STATUSES = {
     "refresh_tokens": {200, 400, 401, 404, 405, 500, 502, 503},
     "token_status": {200, 400, 404, 405, 500, 503},
     "token_status_get": {200, 400, 404, 405, 500, 503},
+    "create_draft": _GMAIL | {409, 413},
+    "send_draft": _GMAIL | {409},
+    "modify_email": _GMAIL,
+    "list_labels": _GMAIL,
+    "list_labels_get": _GMAIL,
     "watch_mailbox": _GMAIL,
     # list_events reads only the database: no token, no Gmail.
     "list_events": {200, 400, 405, 500, 503},
@@ -238,7 +244,8 @@ def api() -> Client:
 @pytest.fixture
 def alice(user_token: Callable[..., int], conn: Any, gmail: FakeGmail) -> int:
     """An equipped, unexpired token for "alice" that Gmail accepts; its row id."""
-    row_id = user_token("alice", expires_in=3600, equipped_to="robeing-1")
+    # Granted drafts (gmail.compose) and labels and trash (gmail.modify) too, so every target answers.
+    row_id = user_token("alice", expires_in=3600, equipped_to="robeing-1", scopes=ALL_SCOPES)
     gmail.allow_token(row(conn, row_id)["token_data"]["access_token"])
     return row_id
 
@@ -385,14 +392,84 @@ def _send_twice(api: Client, given: dict[str, Any]) -> TestResponse:
     return again
 
 
-def _send_too_large(api: Client, given: dict[str, Any]) -> TestResponse:
+def _too_large_body() -> dict[str, Any]:
     content = "A" * ((24 * MiB + 3) // 3 * 4)  # base64 of 24 MiB + 3 zero bytes
-    body = {
+    return {
         "user_id": "alice",
         "to": "a@example.com",
         "attachments": [{"filename": "big", "content": content}],
     }
-    return api.post("/send_email", json=body)
+
+
+def _send_too_large(api: Client, given: dict[str, Any]) -> TestResponse:
+    return api.post("/send_email", json=_too_large_body())
+
+
+def _first_message(given: dict[str, Any]) -> str:
+    return next(iter(given["gmail"].mailboxes[MAILBOX].messages))
+
+
+def _new_draft(api: Client) -> str:
+    created = api.post("/create_draft", json={"user_id": "alice", "to": "a@example.com", "body": "초안"})
+    assert created.status_code == 200, created.get_json()
+    return str(created.get_json()["draft_id"])
+
+
+def _send_draft(
+    headers: dict[str, str] | None = None, twice: bool = False, draft_id: str | None = None
+) -> Call:
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        body = {"user_id": "alice", "draft_id": draft_id or _new_draft(api)}
+        response = api.post("/send_draft", json=body, headers=headers or {})
+        if twice:
+            again = api.post("/send_draft", json=body, headers=headers or {})
+            assert again.get_json() == response.get_json()
+            assert len(given["gmail"].sent_messages()) == 1
+            return again
+        return response
+
+    return call
+
+
+def _send_draft_fails(path_regex: str, status: int, count: int = 20) -> Call:
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        draft_id = _new_draft(api)
+        given["gmail"].fail_next(path_regex, status, count=count)
+        return api.post("/send_draft", json={"user_id": "alice", "draft_id": draft_id})
+
+    return call
+
+
+def _send_draft_with_another_draft(api: Client, given: dict[str, Any]) -> TestResponse:
+    key = {"Idempotency-Key": "draft-order-1"}
+    first = api.post("/send_draft", json={"user_id": "alice", "draft_id": _new_draft(api)}, headers=key)
+    assert first.status_code == 200, first.get_json()
+    return api.post("/send_draft", json={"user_id": "alice", "draft_id": _new_draft(api)}, headers=key)
+
+
+def _modify(**fields: Any) -> Call:
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        body = {"user_id": "alice", **fields}
+        if "message_id" not in body and "thread_id" not in body:
+            body["message_id"] = _first_message(given)
+        return api.post("/modify_email", json=body)
+
+    return call
+
+
+def _modify_thread(api: Client, given: dict[str, Any]) -> TestResponse:
+    body = {"user_id": "alice", "thread_id": _first_message(given), "add_labels": ["STARRED"], "trash": True}
+    return api.post("/modify_email", json=body)
+
+
+def _draft_twice(body: dict[str, Any], other: dict[str, Any] | None = None) -> Call:
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        key = {"Idempotency-Key": "draft-key"}
+        first = api.post("/create_draft", json=body, headers=key)
+        assert first.status_code == 200, first.get_json()
+        return api.post("/create_draft", json=other or body, headers=key)
+
+    return call
 
 
 def _with_topic(call: Call) -> Call:
@@ -664,6 +741,81 @@ SCENARIOS = [
         ("token_status_get", 405, _open("/token_status?user_id=alice", "DELETE")),
         ("token_status_get", 500, _get("/token_status?user_id=carol")),
         ("token_status_get", 503, _get("/token_status?user_id=alice"), DOWN),
+        # create_draft
+        ("create_draft", 200, _post("/create_draft", SEND)),
+        ("create_draft", 200, _draft_twice(SEND)),
+        ("create_draft", 400, _post("/create_draft", {"user_id": "alice", "to": "not-an-address"})),
+        ("create_draft", 401, _post("/create_draft", {"user_id": "bob", "to": "a@example.com"})),
+        ("create_draft", 403, _gmail_fails(r"/drafts$", 403, _post("/create_draft", SEND))),
+        ("create_draft", 404, _post("/create_draft", {"user_id": "nobody", "to": "a@example.com"})),
+        ("create_draft", 404, _post("/create_draft", {**SEND, "reply_to_message_id": "18c0000000000000"})),
+        ("create_draft", 405, _get("/create_draft?user_id=alice")),
+        ("create_draft", 409, _draft_twice(SEND, {**SEND, "subject": "다른 초안"})),
+        ("create_draft", 413, lambda api, given: api.post("/create_draft", json=_too_large_body())),
+        ("create_draft", 429, _gmail_fails(r"/drafts$", 429, _post("/create_draft", SEND))),
+        ("create_draft", 500, _post("/create_draft", {"user_id": "carol", "to": "a@example.com"})),
+        ("create_draft", 502, _gmail_fails(r"/drafts$", 418, _post("/create_draft", SEND))),
+        ("create_draft", 503, _gmail_fails(r"/drafts$", 500, _post("/create_draft", SEND), count=1)),
+        ("create_draft", 503, _post("/create_draft", {"user_id": "alice", "to": "a@example.com"}), DOWN),
+        # send_draft
+        ("send_draft", 200, _send_draft()),
+        ("send_draft", 200, _send_draft({"Idempotency-Key": "send-draft-1"}, twice=True)),
+        ("send_draft", 400, _post("/send_draft", {"user_id": "alice"})),
+        ("send_draft", 401, _post("/send_draft", {"user_id": "bob", "draft_id": "r1"})),
+        ("send_draft", 403, _send_draft_fails(r"/drafts/", 403)),
+        ("send_draft", 404, _send_draft(draft_id="r404")),
+        ("send_draft", 405, _open("/send_draft", "PUT")),
+        ("send_draft", 409, _send_draft_with_another_draft),
+        ("send_draft", 429, _send_draft_fails(r"/drafts/send$", 429)),
+        ("send_draft", 500, _post("/send_draft", {"user_id": "carol", "draft_id": "r1"})),
+        ("send_draft", 502, _send_draft_fails(r"/drafts/r", 418)),
+        ("send_draft", 503, _send_draft_fails(r"/drafts/send$", 500, count=1)),
+        ("send_draft", 503, _post("/send_draft", {"user_id": "alice", "draft_id": "r1"}), DOWN),
+        # modify_email
+        ("modify_email", 200, _modify(add_labels=["STARRED"], mark_read=True, archive=True)),
+        ("modify_email", 200, _modify_thread),
+        ("modify_email", 400, _modify(add_labels=["no such label"])),
+        ("modify_email", 401, _post("/modify_email", {"user_id": "bob", "message_id": "m", "trash": True})),
+        ("modify_email", 403, _gmail_fails(r"/modify$", 403, _modify(mark_read=True))),
+        ("modify_email", 404, _modify(message_id="18c0000000000000", trash=True)),
+        ("modify_email", 405, _get("/modify_email?user_id=alice")),
+        ("modify_email", 429, _gmail_fails(r"/trash$", 429, _modify(trash=True))),
+        ("modify_email", 500, _post("/modify_email", {"user_id": "carol", "message_id": "m", "trash": True})),
+        ("modify_email", 502, _gmail_fails(r"/labels$", 418, _modify(add_labels=["Work"]))),
+        ("modify_email", 503, _gmail_fails(r"/modify$", 503, _modify(mark_read=False))),
+        (
+            "modify_email",
+            503,
+            _post("/modify_email", {"user_id": "alice", "message_id": "m", "trash": True}),
+            DOWN,
+        ),
+        # list_labels, GET and POST
+        ("list_labels_get", 200, _get("/list_labels?user_id=alice")),
+        ("list_labels_get", 200, _get("/list_labels?user_id=alice&include_counts=true")),
+        ("list_labels_get", 400, _get("/list_labels?user_id=alice&include_counts=maybe")),
+        ("list_labels_get", 401, _get("/list_labels?user_id=bob")),
+        ("list_labels_get", 403, _gmail_fails(r"/labels$", 403, _get("/list_labels?user_id=alice"))),
+        ("list_labels_get", 404, _get("/list_labels?user_id=nobody")),
+        ("list_labels_get", 405, _open("/list_labels?user_id=alice", "PUT")),
+        ("list_labels_get", 429, _gmail_fails(r"/labels$", 429, _get("/list_labels?user_id=alice"))),
+        ("list_labels_get", 500, _get("/list_labels?user_id=carol")),
+        ("list_labels_get", 502, _gmail_fails(r"/labels$", 418, _get("/list_labels?user_id=alice"))),
+        (
+            "list_labels_get",
+            503,
+            _gmail_fails(r"/labels/", 503, _get("/list_labels?user_id=alice&include_counts=1"), count=500),
+        ),
+        ("list_labels_get", 503, _get("/list_labels?user_id=alice"), DOWN),
+        ("list_labels", 200, _post("/list_labels", {"user_id": "alice", "include_counts": True})),
+        ("list_labels", 400, _post("/list_labels", {"user_id": "alice", "counts": True})),
+        ("list_labels", 401, _post("/list_labels", {"user_id": "bob"})),
+        ("list_labels", 403, _gmail_fails(r"/labels", 403, _post("/list_labels", {"user_id": "alice"}))),
+        ("list_labels", 404, _post("/list_labels", {"user_id": "alice", "robeing_id": "another-robeing"})),
+        ("list_labels", 405, _open("/list_labels", "DELETE")),
+        ("list_labels", 429, _gmail_fails(r"/labels", 429, _post("/list_labels", {"user_id": "alice"}))),
+        ("list_labels", 500, _post("/list_labels", {"user_id": "carol"})),
+        ("list_labels", 502, _gmail_fails(r"/labels", 418, _post("/list_labels", {"user_id": "alice"}))),
+        ("list_labels", 503, _post("/list_labels", {"user_id": "alice"}), DOWN),
         # watch_mailbox
         ("watch_mailbox", 200, _with_topic(_post("/watch_mailbox", {**WATCH, "label_ids": ["INBOX"]}))),
         ("watch_mailbox", 200, _post("/watch_mailbox", {**WATCH, "action": "stop"})),

@@ -39,6 +39,16 @@ CONTRACT_FIELDS = {
     "get_thread": {"user_id", "robeing_id", "thread_id", "max_body_chars"},
     "refresh_tokens": {"user_id", "robeing_id", "window_seconds"},
     "token_status": {"user_id", "robeing_id"},
+    "create_draft": {
+        "user_id", "robeing_id", "to", "cc", "bcc", "subject", "body", "html", "attachments",
+        "reply_to_message_id", "thread_id", "from_name", "reply_to",
+    },
+    "send_draft": {"user_id", "robeing_id", "draft_id"},
+    "modify_email": {
+        "user_id", "robeing_id", "message_id", "thread_id", "add_labels", "remove_labels", "mark_read",
+        "archive", "trash",
+    },
+    "list_labels": {"user_id", "robeing_id", "include_counts"},
     "watch_mailbox": {"user_id", "robeing_id", "action", "label_ids"},
     "list_events": {"robeing_id", "after", "limit"},
 }  # fmt: skip
@@ -52,6 +62,10 @@ METHODS = {
     "get_attachment": {"get"},
     "refresh_tokens": {"post"},
     "token_status": {"get", "post"},
+    "create_draft": {"post"},
+    "send_draft": {"post"},
+    "modify_email": {"post"},
+    "list_labels": {"get", "post"},
     "watch_mailbox": {"post"},
     "list_events": {"get", "post"},
     "mcp": {"post"},
@@ -123,7 +137,16 @@ def test_request_schema_has_exactly_the_contract_fields(spec: dict[str, Any], ta
 
 
 @pytest.mark.parametrize(
-    "target", ["list_emails", "token_status", "get_email", "get_thread", "get_attachment", "list_events"]
+    "target",
+    [
+        "list_emails",
+        "token_status",
+        "get_email",
+        "get_thread",
+        "get_attachment",
+        "list_labels",
+        "list_events",
+    ],
 )
 def test_get_query_parameters_are_the_contract_fields(spec: dict[str, Any], target: str) -> None:
     params = {p["name"] for p in spec["paths"][f"/{target}"]["get"]["parameters"] if p["in"] == "query"}
@@ -186,3 +209,24 @@ def test_security_is_a_bearer_id_token(spec: dict[str, Any]) -> None:
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert spec["security"] == [{"googleIdToken": []}]
     assert "http://localhost:8080" in [s["url"] for s in spec["servers"]]
+
+
+def test_no_mapping_repeats_a_key() -> None:
+    # yaml.safe_load keeps the last of two equal keys silently; a merge of two branches can leave both.
+    repeated: list[tuple[str, int]] = []
+
+    def walk(node: yaml.Node) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in seen:
+                        repeated.append((key.value, key.start_mark.line + 1))
+                    seen.add(key.value)
+                walk(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item)
+
+    walk(yaml.compose(SPEC_PATH.read_text()))
+    assert repeated == []

@@ -2,7 +2,9 @@
 
 ``session`` is the per-call glue every operation shares (the user's token into a Gmail client, audit
 rows); ``send`` is ``send_email``, ``listing`` is ``list_emails``, ``reading`` is ``get_email``,
-``get_thread`` and ``get_attachment``. Later operations (drafts, modify, labels) are modules beside them.
+``get_thread`` and ``get_attachment``; ``drafts`` is ``create_draft`` and ``send_draft`` (built on
+``send``'s composition and unknown-outcome search), ``modify`` is ``modify_email``, ``labels`` is
+``list_labels`` and the label names ``modify`` resolves.
 
 May import: ``shared.gmail``, ``shared.mime``, ``shared.tokens.provider``, ``shared.audit``,
 ``shared.idempotency``, ``shared.scopes``, ``shared.clock``, ``shared.config``, ``shared.errors`` and

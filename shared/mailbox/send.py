@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from shared import audit, clock, idempotency
@@ -41,7 +42,8 @@ _senders: dict[tuple[str, int | None], tuple[str, float]] = {}
 _senders_lock = threading.Lock()
 
 
-def _sender(client: GmailClient, record: provider.TokenRecord) -> str:
+def sender(client: GmailClient, record: provider.TokenRecord) -> str:
+    """The mailbox's own address (users.getProfile), cached per token row for ``SENDER_CACHE_S``."""
     key = (record.user_id, record.row_id)
     now = clock.monotonic()
     with _senders_lock:
@@ -78,8 +80,8 @@ def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
                 # Without a display name, From is left to Gmail, which sets the mailbox's own address:
                 # no profile lookup (one Gmail round trip) before a first send. A display name needs
                 # the address itself, looked up once per user and instance.
-                sender = _sender(client, record) if mail.from_name else None
-                domain = sender.rpartition("@")[2] if sender else ""
+                address = sender(client, record) if mail.from_name else None
+                domain = address.rpartition("@")[2] if address else ""
                 message_id = compose.new_message_id(domain or MESSAGE_ID_DOMAIN)
                 if key is not None:
                     assert session.conn is not None
@@ -91,9 +93,9 @@ def send_email(args: SendEmailRequest, call: Call) -> dict[str, Any]:
                     claimed = True
                     if claim.resume_message_id:
                         message_id = claim.resume_message_id
-                        sent = _search_sent(client, message_id)
+                        sent = search(client, message_id)
                 if sent is None:
-                    sent = _send(client, mail, sender, message_id, args)
+                    sent = _send(client, mail, address, message_id, args)
         except SkillEmailError as exc:
             if claimed and session.conn is not None and key is not None:
                 idempotency.release(
@@ -125,45 +127,88 @@ def _replay(
     return claim.replay
 
 
-def _send(
+def compose_raw(
     client: GmailClient,
     mail: request.OutgoingMail,
-    sender: str | None,
+    sender_address: str | None,
     message_id: str,
     args: SendEmailRequest,
-) -> dict[str, Any]:
+) -> tuple[bytes, str | None]:
+    """The message as the bytes Gmail takes, and the thread it belongs in (send_email, create_draft).
+
+    ``reply_to_message_id`` is read (its headers only) to thread the reply; ``thread_id`` wins when given.
+    Without ``sender_address`` the From header is left to Gmail (the mailbox's own address).
+
+    Raises:
+        NotFound: ``reply_to_message_id`` names no message of this mailbox.
+    """
     reply = None
     if args.reply_to_message_id:
         original = client.get_message(args.reply_to_message_id, fmt="metadata", headers=REPLY_HEADERS)
         reply = decode.reply_context_from_gmail(original)
     thread_id = args.thread_id or (reply.thread_id if reply else None)
-    raw = compose.to_raw(compose.build_message(mail, sender, message_id=message_id, reply=reply))
+    raw = compose.to_raw(compose.build_message(mail, sender_address, message_id=message_id, reply=reply))
+    return raw, thread_id
+
+
+def _send(
+    client: GmailClient,
+    mail: request.OutgoingMail,
+    sender_address: str | None,
+    message_id: str,
+    args: SendEmailRequest,
+) -> dict[str, Any]:
+    raw, thread_id = compose_raw(client, mail, sender_address, message_id, args)
     try:
         return client.send(raw, thread_id)
     except SendOutcomeUnknown as exc:
-        # Gmail may have sent it. Look for our Message-ID before saying anything; never re-post blindly.
-        clock.sleep(UNKNOWN_OUTCOME_WAIT_S)
-        found = _search_sent(client, message_id)
-        if found is not None:
-            logger.info("send outcome confirmed by Message-ID search after: %s", exc)
-            return found
-        logger.warning("send outcome unknown: %s; not re-sent", exc)
-        raise Unavailable(
-            "Gmail did not confirm the send and the message is not in the mailbox yet; it may still "
-            "arrive. Retry with the same Idempotency-Key to have this checked again before any resend",
-            message_id=message_id,
-            maybe_sent=True,
-        ) from exc
+        return confirm_after_unknown(client, message_id, exc)
 
 
-def _search_sent(client: GmailClient, message_id: str) -> dict[str, Any] | None:
-    """Looks for our Message-ID; a failed search still leaves the outcome unknown, never "not sent"."""
+Finder = Callable[[GmailClient, str], dict[str, Any] | None]
+
+
+def _find_message(client: GmailClient, message_id: str) -> dict[str, Any] | None:
+    return client.find_by_message_id(message_id)
+
+
+def confirm_after_unknown(
+    client: GmailClient, message_id: str, cause: SendOutcomeUnknown, find: Finder = _find_message
+) -> dict[str, Any]:
+    """After a 5xx or a broken connection Gmail may have done it: wait, then look for our Message-ID.
+
+    Never re-posts. Used by every call that must not happen twice (a send, a draft, a draft's send), each
+    with its own ``find`` (the sent message, the draft, the draft's sent message).
+
+    Returns:
+        What ``find`` found: the outcome is confirmed.
+
+    Raises:
+        Unavailable: not found, or the search failed; carries ``message_id`` and ``maybe_sent`` so a retry
+            with the same Idempotency-Key searches again before anything is repeated.
+    """
+    clock.sleep(UNKNOWN_OUTCOME_WAIT_S)
+    found = search(client, message_id, find)
+    if found is not None:
+        logger.info("outcome confirmed by Message-ID search after: %s", cause)
+        return found
+    logger.warning("outcome unknown: %s; not re-posted", cause)
+    raise Unavailable(
+        "Gmail did not confirm it and it is not in the mailbox yet; it may still arrive. Retry with the "
+        "same Idempotency-Key to have this checked again before anything is repeated",
+        message_id=message_id,
+        maybe_sent=True,
+    ) from cause
+
+
+def search(client: GmailClient, message_id: str, find: Finder = _find_message) -> dict[str, Any] | None:
+    """Looks for our Message-ID; a failed search still leaves the outcome unknown, never "not done"."""
     try:
-        return client.find_by_message_id(message_id)
+        return find(client, message_id)
     except SkillEmailError as exc:
         raise Unavailable(
             "Gmail could not be searched for the message, which may have been sent. Retry with the same "
-            "Idempotency-Key to have this checked again before any resend",
+            "Idempotency-Key to have this checked again before anything is repeated",
             message_id=message_id,
             maybe_sent=True,
         ) from exc

@@ -13,6 +13,14 @@ Endpoints (paths exactly as googleapiclient builds them from the discovery docum
 - POST /upload/gmail/v1/users/{userId}/messages/send?uploadType=media|multipart|resumable
        (+ the PUT of a resumable session; `/resumable/upload/...` is accepted too)
 - POST /batch/gmail/v1 and POST /batch              multipart/mixed of application/http parts, at most 100
+- POST /gmail/v1/users/{userId}/drafts              JSON {"message": {"raw", "threadId"?}}; uploads too
+- GET  /gmail/v1/users/{userId}/drafts              q, maxResults, pageToken
+- GET  /gmail/v1/users/{userId}/drafts/{id}         format as for messages.get
+- POST /gmail/v1/users/{userId}/drafts/send         JSON {"id"}: the draft message turns SENT (same id)
+- POST /gmail/v1/users/{userId}/{messages|threads}/{id}/{modify|trash|untrash}
+- GET  /gmail/v1/users/{userId}/labels              system labels and the mailbox's user labels, no counts
+- GET  /gmail/v1/users/{userId}/labels/{id}         with messagesTotal/Unread and threadsTotal/Unread
+- POST /gmail/v1/users/{userId}/labels              JSON {"name"}; a name in use (any case) is 409
 - POST .../watch, POST .../stop, GET .../history    push notifications: see tests/fakes/gmail_watch.py
 
 `userId` must be `me` or the mailbox's address (else 403). Every call needs `Authorization: Bearer T` with T
@@ -39,7 +47,9 @@ header values are returned exactly as in the raw message (RFC 2047 encoded words
 `snippet` is the first 200 characters of the text, HTML-escaped (`'` -> `&#39;`), like Gmail; sending a
 message without From adds `From: <the mailbox's address>`, as Gmail does (the sent copy and the delivered
 mail carry the account's address); sending does not add a Message-ID or rewrite a From given; threading
-uses only the `threadId` given (else a new thread).
+uses only the `threadId` given (else a new thread). Trash adds `TRASH` and untrash
+removes it, other labels untouched; `modify` refuses ids that are no label (400 "Invalid label"); a
+draft's message carries `DRAFT` only and becomes `SENT` only when sent (gaining a From, as a send does).
 """
 
 from __future__ import annotations
@@ -122,7 +132,25 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(rf"^{_USER}/threads/(?P<id>[^/]+)$"), "_get_thread"),
     ("POST", re.compile(rf"^/(?:resumable/)?upload{_USER}/messages/send$"), "_upload"),
     ("PUT", re.compile(rf"^/(?:resumable/)?upload{_USER}/messages/send$"), "_upload_put"),
+    ("POST", re.compile(rf"^{_USER}/drafts$"), "_draft_create"),
+    ("POST", re.compile(rf"^/upload{_USER}/drafts$"), "_draft_upload"),
+    ("GET", re.compile(rf"^{_USER}/drafts$"), "_draft_list"),
+    ("POST", re.compile(rf"^{_USER}/drafts/send$"), "_draft_send"),
+    ("GET", re.compile(rf"^{_USER}/drafts/(?P<id>[^/]+)$"), "_draft_get"),
+    (
+        "POST",
+        re.compile(rf"^{_USER}/(?P<kind>messages|threads)/(?P<id>[^/]+)/(?P<action>modify|trash|untrash)$"),
+        "_modify",
+    ),
+    ("GET", re.compile(rf"^{_USER}/labels$"), "_labels_list"),
+    ("POST", re.compile(rf"^{_USER}/labels$"), "_label_create"),
+    ("GET", re.compile(rf"^{_USER}/labels/(?P<id>[^/]+)$"), "_label_get"),
 ]
+# Gmail's system labels (labels.list shows them to every mailbox); their names are their ids.
+SYSTEM_LABELS = (
+    "INBOX", "SENT", "DRAFT", "SPAM", "TRASH", "UNREAD", "STARRED", "IMPORTANT", "CHAT",
+    "CATEGORY_PERSONAL", "CATEGORY_SOCIAL", "CATEGORY_PROMOTIONS", "CATEGORY_UPDATES", "CATEGORY_FORUMS",
+)  # fmt: skip
 _ROUTES.extend(WATCH_ROUTES)
 _BATCH_PATH = re.compile(r"^/batch(?:/gmail/v1)?/?$")
 
@@ -193,6 +221,8 @@ class Mailbox:
     messages: dict[str, StoredMessage] = field(default_factory=dict)
     sent: list[bytes] = field(default_factory=list)
     history_id: int = 1000
+    drafts: dict[str, str] = field(default_factory=dict)  # draft id -> its message's id
+    labels: dict[str, str] = field(default_factory=dict)  # user label id -> name
 
 
 class FakeGmail(GmailWatchMixin, FakeServer):
@@ -219,6 +249,7 @@ class FakeGmail(GmailWatchMixin, FakeServer):
         self._trusted: list[tuple[FakeTokenEndpoint, str]] = []
         self._failures: list[FailRule] = []
         self._send_failures: collections.deque[int | None] = collections.deque()
+        self._draft_failures: collections.deque[int | None] = collections.deque()
         self._uploads: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(0x18C2F00000000001)
         self.batch_requests: list[RecordedRequest] = []
@@ -574,6 +605,231 @@ class FakeGmail(GmailWatchMixin, FakeServer):
             return Response(0, drop=True) if status is None else google_error(status)
         return Response.json(200, {"id": stored.id, "threadId": stored.thread_id, "labelIds": ["SENT"]})
 
+    # ---- drafts, label changes, trash, labels (create_draft, send_draft, modify_email, list_labels) ----
+
+    def add_label(self, name: str, email_address: str | None = None) -> str:
+        """Create a user label in a mailbox (as labels.create does); returns its id (`Label_N`)."""
+        with self.lock:
+            mailbox = self.mailboxes[email_address or self.email_address]
+            label_id = f"Label_{len(mailbox.labels) + 1}"
+            mailbox.labels[label_id] = name
+            return label_id
+
+    def drafts(self, email_address: str | None = None) -> dict[str, str]:
+        """The mailbox's drafts: draft id -> the id of the draft's message."""
+        with self.lock:
+            return dict(self.mailboxes[email_address or self.email_address].drafts)
+
+    def _draft_create(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        try:
+            body = request.json()
+        except ValueError:
+            return google_error(400, "Invalid JSON payload received.", "parseError")
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, dict) or not isinstance(message.get("raw"), str) or not message["raw"]:
+            return google_error(400, "Missing draft message", "invalidArgument")
+        raw = _decode_base64url(message["raw"])
+        if raw is None:
+            return google_error(
+                400, "Invalid value for ByteString: " + message["raw"][:40], "invalidArgument"
+            )
+        return self._new_draft(mailbox, raw, message.get("threadId"))
+
+    def _draft_upload(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        upload_type = request.param("uploadType") or ""
+        self.upload_types.append(upload_type)
+        content_type = request.headers.get("content-type", "")
+        if upload_type == "media":
+            if not content_type.lower().startswith("message/"):
+                return google_error(400, f"Media type '{content_type}' is not supported.", "badContent")
+            return self._new_draft(mailbox, request.body, None)
+        if upload_type == "multipart":
+            boundary = _boundary(content_type)
+            parts = split_multipart(request.body, boundary) if boundary else []
+            if len(parts) != 2:
+                return google_error(400, "Multipart upload needs a metadata and a media part", "badContent")
+            try:
+                metadata = json.loads(parts[0][1] or b"{}")
+            except ValueError:
+                return google_error(400, "Invalid JSON payload received.", "parseError")
+            message = metadata.get("message") if isinstance(metadata, dict) else None
+            thread_id = message.get("threadId") if isinstance(message, dict) else None
+            return self._new_draft(mailbox, parts[1][1], thread_id)
+        return google_error(400, f"Invalid uploadType: {upload_type!r}", "invalidArgument")
+
+    def _new_draft(self, mailbox: Mailbox, raw: bytes, thread_id: str | None) -> Response:
+        """Store a draft (caller holds the lock) and answer like drafts.create. No recipient is needed."""
+        if len(raw) > MAX_MESSAGE_BYTES:
+            message = f"Request payload size exceeds the limit: {MAX_MESSAGE_BYTES} bytes."
+            return google_error(413, message, "uploadTooLarge")
+        if thread_id and not any(m.thread_id == thread_id for m in mailbox.messages.values()):
+            return google_error(404, "Requested entity was not found.", "notFound")
+        parsed = email.message_from_bytes(raw)
+        stored = self._store(mailbox, raw, parsed, ["DRAFT"], thread_id, int(time.time() * 1000))
+        draft_id = f"r{int(stored.id, 16) % 10**19}"
+        mailbox.drafts[draft_id] = stored.id
+        if self._draft_failures:
+            status = self._draft_failures.popleft()
+            return Response(0, drop=True) if status is None else google_error(status)
+        return Response.json(200, {"id": draft_id, "message": _label_view(stored)})
+
+    def fail_after_draft(self, status: int | None = 500, *, count: int = 1) -> None:
+        """The next `count` drafts.create calls store the draft, then answer `status` (None: drop)."""
+        with self.lock:
+            self._draft_failures.extend([status] * count)
+
+    def _draft_list(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        try:
+            max_results = min(500, max(1, int(request.param("maxResults") or 100)))
+            offset = _decode_page_token(request.param("pageToken"))
+        except ValueError:
+            return google_error(400, "Invalid pageToken or maxResults", "invalidArgument")
+        terms = _tokenize(request.param("q") or "")
+        drafts = [
+            (draft_id, mailbox.messages[message_id])
+            for draft_id, message_id in mailbox.drafts.items()
+            if message_id in mailbox.messages
+        ]
+        matching = [
+            (draft_id, m)
+            for draft_id, m in sorted(drafts, key=lambda d: (d[1].internal_date_ms, d[1].id), reverse=True)
+            if all(self._term_matches(t, m) for t in terms)
+        ]
+        page = matching[offset : offset + max_results]
+        payload: dict[str, Any] = {}
+        if page:
+            payload["drafts"] = [{"id": d, "message": {"id": m.id, "threadId": m.thread_id}} for d, m in page]
+        if offset + max_results < len(matching):
+            payload["nextPageToken"] = _encode_page_token(offset + max_results)
+        payload["resultSizeEstimate"] = len(matching)
+        return Response.json(200, payload)
+
+    def _draft_get(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        message_id = mailbox.drafts.get(match["id"])
+        stored = mailbox.messages.get(message_id) if message_id else None
+        if stored is None:
+            return google_error(404, "Requested entity was not found.", "notFound")
+        fmt = (request.param("format") or "full").lower()
+        if fmt not in ("full", "metadata", "minimal", "raw"):
+            return google_error(400, f"Invalid value at 'format' ({fmt})", "invalidArgument")
+        return Response.json(200, {"id": match["id"], "message": self._resource(stored, fmt, request)})
+
+    def _draft_send(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        try:
+            body = request.json()
+        except ValueError:
+            return google_error(400, "Invalid JSON payload received.", "parseError")
+        draft_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(draft_id, str) or not draft_id:
+            return google_error(400, "Missing draft ID", "invalidArgument")
+        message_id = mailbox.drafts.get(draft_id)
+        stored = mailbox.messages.get(message_id) if message_id else None
+        if stored is None:
+            return google_error(404, "Requested entity was not found.", "notFound")
+        if not any(stored.parsed.get(name, "").strip() for name in ("To", "Cc", "Bcc")):
+            return google_error(400, "Invalid To header", "invalidArgument")
+        del mailbox.drafts[draft_id]
+        mailbox.history_id += 1
+        if "From" not in stored.parsed:  # as messages.send: Gmail sets the mailbox's own address
+            stored.raw = f"From: {mailbox.email_address}\r\n".encode("ascii") + stored.raw
+            stored.parsed = email.message_from_bytes(stored.raw)
+        stored.labels = ["SENT"]
+        stored.history_id = mailbox.history_id
+        mailbox.sent.append(stored.raw)
+        if self._send_failures:
+            status = self._send_failures.popleft()
+            return Response(0, drop=True) if status is None else google_error(status)
+        return Response.json(200, _label_view(stored))
+
+    def _known_label(self, mailbox: Mailbox, label_id: str) -> bool:
+        return label_id in SYSTEM_LABELS or label_id in mailbox.labels
+
+    def _modify(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        if match["kind"] == "messages":
+            targets = [mailbox.messages[match["id"]]] if match["id"] in mailbox.messages else []
+        else:
+            targets = [m for m in mailbox.messages.values() if m.thread_id == match["id"]]
+        if not targets:
+            return google_error(404, "Requested entity was not found.", "notFound")
+        if match["action"] == "modify":
+            try:
+                body = request.json() or {}
+            except ValueError:
+                return google_error(400, "Invalid JSON payload received.", "parseError")
+            add = list(body.get("addLabelIds") or [])
+            remove = list(body.get("removeLabelIds") or [])
+            if not add and not remove:
+                return google_error(400, "No label add or removes specified", "invalidArgument")
+            for label_id in add + remove:
+                if not isinstance(label_id, str) or not self._known_label(mailbox, label_id):
+                    return google_error(400, f"Invalid label: {label_id}", "invalidArgument")
+        elif match["action"] == "trash":
+            add, remove = ["TRASH"], []
+        else:
+            add, remove = [], ["TRASH"]
+        mailbox.history_id += 1
+        for message in targets:
+            message.labels = [label for label in message.labels if label not in remove]
+            message.labels += [label for label in add if label not in message.labels]
+            message.history_id = mailbox.history_id
+        if match["kind"] == "messages":
+            return Response.json(200, _label_view(targets[0]))
+        ordered = sorted(targets, key=lambda m: (m.internal_date_ms, m.id))
+        return Response.json(
+            200,
+            {
+                "id": match["id"],
+                "historyId": str(mailbox.history_id),
+                "messages": [_label_view(m) for m in ordered],
+            },
+        )
+
+    def _label_resource(self, mailbox: Mailbox, label_id: str, *, counts: bool) -> dict[str, Any]:
+        if label_id in SYSTEM_LABELS:
+            resource: dict[str, Any] = {"id": label_id, "name": label_id, "type": "system"}
+        else:
+            resource = {
+                "id": label_id,
+                "name": mailbox.labels[label_id],
+                "messageListVisibility": "show",
+                "labelListVisibility": "labelShow",
+                "type": "user",
+            }
+        if counts:
+            having = [m for m in mailbox.messages.values() if label_id in m.labels]
+            unread = [m for m in having if "UNREAD" in m.labels]
+            resource |= {
+                "messagesTotal": len(having),
+                "messagesUnread": len(unread),
+                "threadsTotal": len({m.thread_id for m in having}),
+                "threadsUnread": len({m.thread_id for m in unread}),
+            }
+        return resource
+
+    def _labels_list(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        ids = [*SYSTEM_LABELS, *mailbox.labels]
+        return Response.json(200, {"labels": [self._label_resource(mailbox, i, counts=False) for i in ids]})
+
+    def _label_get(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        if not self._known_label(mailbox, match["id"]):
+            return google_error(404, "Requested entity was not found.", "notFound")
+        return Response.json(200, self._label_resource(mailbox, match["id"], counts=True))
+
+    def _label_create(self, mailbox: Mailbox, request: RecordedRequest, match: re.Match[str]) -> Response:
+        try:
+            body = request.json()
+        except ValueError:
+            return google_error(400, "Invalid JSON payload received.", "parseError")
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            return google_error(400, "Invalid label name", "invalidArgument")
+        taken = {label.lower() for label in (*SYSTEM_LABELS, *mailbox.labels.values())}
+        if name.lower() in taken:
+            return google_error(409, "Label name exists or conflicts", "duplicate")
+        label_id = f"Label_{len(mailbox.labels) + 1}"
+        mailbox.labels[label_id] = name
+        return Response.json(200, self._label_resource(mailbox, label_id, counts=False))
+
     def _store(
         self,
         mailbox: Mailbox,
@@ -669,6 +925,11 @@ class FakeGmail(GmailWatchMixin, FakeServer):
 
 
 # ---- helpers: multipart, HTTP-in-MIME, message rendering ---------------------------------------
+
+
+def _label_view(stored: StoredMessage) -> dict[str, Any]:
+    """What messages.send, drafts.send and the modify/trash calls answer: id, threadId, labelIds."""
+    return {"id": stored.id, "threadId": stored.thread_id, "labelIds": list(stored.labels)}
 
 
 def split_multipart(body: bytes, boundary: str) -> list[tuple[Message, bytes]]:
