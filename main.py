@@ -14,6 +14,7 @@ import gc
 import importlib
 from typing import Any
 
+from shared import body_limit
 from shared.targets import BY_NAME, TARGETS
 
 __all__ = [target.name for target in TARGETS]
@@ -37,3 +38,8 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
+
+
+# functions-framework runs this file inside the app it is building, for the one target it serves:
+# the body limit goes around that app before any request (see shared/body_limit.py for why here).
+body_limit.install()

@@ -1,9 +1,9 @@
 """The audit log: one ``gmail_audit_logs`` row per call (send, list, read, draft, modify).
 
-A row says who (user, robeing), what (action), how it ended (status, HTTP status, error code), what
-Gmail returned (message and thread ids, result count) and what it cost (duration, Gmail calls). It never
-holds message content (subject, body, addresses, search query) nor any token: the row is read by
-operators who must not see a person's mail.
+A row says who (user, robeing, and the verified caller that asked), what (action), how it ended
+(status, HTTP status, error code), what Gmail returned (message and thread ids, result count) and
+what it cost (duration, Gmail calls). It never holds message content (subject, body, addresses,
+search query) nor any token: the row is read by operators who must not see a person's mail.
 
 Rows are kept ``AUDIT_RETENTION_DAYS`` (default 400); the scheduled run purges older ones
 (``purge_older_than``, called by ``shared.retention``).
@@ -18,7 +18,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from shared import clock
+from shared import callers, clock
 from shared.db import Connection
 from shared.errors import SkillEmailError
 
@@ -51,6 +51,7 @@ _SIZES = {
     "gmail_thread_id": 64,
     "error_code": 64,
     "trace_id": 128,
+    "caller_email": 320,
 }
 # INTEGER columns: a value outside PostgreSQL's int4 range would reject the row (22003).
 _INT_MAX = 2**31 - 1
@@ -58,9 +59,16 @@ _RECENT_MAX = 1000
 
 _INSERT_COLUMNS = (
     "created_at, user_id, robeing_id, action, status, http_status, gmail_message_id, "
-    "gmail_thread_id, error_code, duration_ms, gmail_calls, result_count, trace_id"
+    "gmail_thread_id, error_code, duration_ms, gmail_calls, result_count, trace_id, caller_email"
 )
 _COLUMNS = "id, " + _INSERT_COLUMNS
+
+
+class _Current:
+    """The default of ``record(caller_email=...)``: the caller of the request being served."""
+
+
+_CURRENT = _Current()
 
 
 def _text(name: str, value: str | None) -> str | None:
@@ -92,6 +100,7 @@ def record(
     error_code: str | None = None,
     result_count: int | None = None,
     trace_id: str | None = None,
+    caller_email: str | _Current | None = _CURRENT,
 ) -> None:
     """Writes one audit row; never raises.
 
@@ -111,12 +120,17 @@ def record(
         error_code: the contract error code when the request failed.
         result_count: messages returned by a list.
         trace_id: the Cloud Trace id, to join the row with the request's log lines.
+        caller_email: who asked (the verified ID token's email); by default the current request's
+            caller, so every row records it without each operation passing it along (None under
+            ``CALLER_POLICY=off``).
     """
+    if isinstance(caller_email, _Current):
+        caller_email = callers.current_email()
     try:
         conn.run(
             f"INSERT INTO gmail_audit_logs ({_INSERT_COLUMNS}) VALUES (:created_at, "
             ":user_id, :robeing_id, :action, :status, :http_status, :gmail_message_id, :gmail_thread_id, "
-            ":error_code, :duration_ms, :gmail_calls, :result_count, :trace_id)",
+            ":error_code, :duration_ms, :gmail_calls, :result_count, :trace_id, :caller_email)",
             # Our clock, not the server's: tests move time in one place and rows sort with other tables.
             created_at=clock.to_naive_utc(clock.utcnow()),
             user_id=_text("user_id", user_id),
@@ -131,6 +145,7 @@ def record(
             gmail_calls=_count(gmail_calls),
             result_count=_count(result_count),
             trace_id=_text("trace_id", trace_id),
+            caller_email=_text("caller_email", caller_email),
         )
     except SkillEmailError as exc:
         # The database is down or the schema is missing (db.py has logged the cause): expected

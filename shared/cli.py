@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared import audit, config, db, logs, schema, scopes
+from shared import audit, callers, config, db, logs, schema, scopes
 from shared.config import ConfigError
 from shared.errors import SkillEmailError
 from shared.tokens import keyring, maintenance, provider
@@ -324,6 +324,62 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_callers_add(args: argparse.Namespace) -> int:
+    try:
+        email = callers.normalize_email(args.email)
+        with db.connection() as conn:
+            outcome = callers.add_caller(conn, email, args.role, args.robeing_id or [])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{email}: {outcome}")
+    return 0
+
+
+def cmd_callers_remove(args: argparse.Namespace) -> int:
+    try:
+        email = callers.normalize_email(args.email)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with db.connection() as conn:
+        removed = callers.remove_caller(conn, email)
+    if not removed:
+        print(f"{email} is not on the list", file=sys.stderr)
+        return 1
+    print(f"{email}: removed")
+    return 0
+
+
+def cmd_callers_list(args: argparse.Namespace) -> int:
+    with db.connection() as conn:
+        for caller in callers.list_callers(conn):
+            print(" ".join([caller.email, caller.role, *sorted(caller.robeing_ids)]))
+    return 0
+
+
+def _add_callers_commands(commands: Any) -> None:
+    group = commands.add_parser(
+        "callers", help="the callers allow-list (CALLER_POLICY=enforce): add, remove, list"
+    )
+    actions = group.add_subparsers(dest="callers_command", required=True)
+    add = actions.add_parser("add", help="add a caller email with its role, or change it")
+    add.add_argument("email", help="the caller's Google account or service account email")
+    add.add_argument("--role", required=True, choices=callers.ROLES)
+    add.add_argument(
+        "--robeing-id",
+        action="append",
+        help="with --role robeing: a robeing id it may act for; repeat it for several",
+    )
+    add.set_defaults(run=cmd_callers_add)
+    remove = actions.add_parser("remove", help="remove a caller")
+    remove.add_argument("email")
+    remove.set_defaults(run=cmd_callers_remove)
+    actions.add_parser("list", help="one line per caller: EMAIL ROLE [ROBEING_ID...]").set_defaults(
+        run=cmd_callers_list
+    )
+
+
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from shared.events import webhooks  # only this command needs it
 
@@ -444,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_log.add_argument("user_id", type=user_id_arg)
     audit_log.add_argument("--limit", type=int, default=50)
     audit_log.set_defaults(run=cmd_audit)
+    _add_callers_commands(commands)
     return parser
 
 

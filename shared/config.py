@@ -28,6 +28,9 @@ REFRESH_CONCURRENCY = "REFRESH_CONCURRENCY"
 PUBSUB_TOPIC = "PUBSUB_TOPIC"
 WEBHOOK_RETRY_BASE_SECONDS = "WEBHOOK_RETRY_BASE_SECONDS"
 AUDIT_RETENTION_DAYS = "AUDIT_RETENTION_DAYS"
+CALLER_POLICY = "CALLER_POLICY"
+CALLER_AUDIENCES = "CALLER_AUDIENCES"
+ID_TOKEN_CERTS_URL = "ID_TOKEN_CERTS_URL"
 ALLOWED_TOKEN_URIS = "ALLOWED_TOKEN_URIS"
 REQUIRE_ENCRYPTED_TOKENS = "REQUIRE_ENCRYPTED_TOKENS"
 ACTIVE_DAYS = "ACTIVE_DAYS"
@@ -49,6 +52,9 @@ GOOGLE_TOKEN_URIS = frozenset(
     }
 )
 TOKEN_PROVIDERS = ("database", "file")
+CALLER_POLICIES = ("off", "enforce")
+# Google's signing certificates for ID tokens, key id -> PEM certificate (google-auth's default too).
+DEFAULT_ID_TOKEN_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 # Workers of the scheduled refresh, each holding one database connection: 1,000 tokens behind a 100 ms
 # token endpoint take about 1000 * 0.1 / 16 = 6 s, and 16 connections fit a small Cloud SQL instance.
 DEFAULT_REFRESH_CONCURRENCY = 16
@@ -91,6 +97,9 @@ class Settings:
     refresh_tasks_url: str | None = None
     refresh_tasks_service_account: str | None = None
     cloud_tasks_endpoint: str | None = None
+    caller_policy: str = "off"
+    caller_audiences: tuple[str, ...] = ()
+    id_token_certs_url: str = DEFAULT_ID_TOKEN_CERTS_URL
 
 
 def _env(name: str) -> str | None:
@@ -129,6 +138,13 @@ def load_settings() -> Settings:
         raise ConfigError(f"{TOKEN_PROVIDER} must be one of {', '.join(TOKEN_PROVIDERS)}")
     concurrency = _whole_number(REFRESH_CONCURRENCY, DEFAULT_REFRESH_CONCURRENCY, 1, 128)
     retention = _whole_number(AUDIT_RETENTION_DAYS, DEFAULT_AUDIT_RETENTION_DAYS, 1, MAX_AUDIT_RETENTION_DAYS)
+    policy = (_env(CALLER_POLICY) or "off").lower()
+    if policy not in CALLER_POLICIES:
+        raise ConfigError(f"{CALLER_POLICY} must be one of {', '.join(CALLER_POLICIES)}")
+    audiences = tuple(item.strip() for item in (_env(CALLER_AUDIENCES) or "").split(",") if item.strip())
+    if policy == "enforce" and not audiences:
+        # Without an audience any Google ID token minted for any other service would be accepted here.
+        raise ConfigError(f"{CALLER_AUDIENCES} must name this function's URL when {CALLER_POLICY}=enforce")
     tasks = (_env(REFRESH_TASKS_QUEUE), _env(REFRESH_TASKS_URL), _env(REFRESH_TASKS_SERVICE_ACCOUNT))
     if any(tasks) and not all(tasks):
         raise ConfigError(
@@ -147,6 +163,9 @@ def load_settings() -> Settings:
         project=_env(GOOGLE_CLOUD_PROJECT),
         refresh_concurrency=concurrency,
         audit_retention_days=retention,
+        caller_policy=policy,
+        caller_audiences=audiences,
+        id_token_certs_url=_env(ID_TOKEN_CERTS_URL) or DEFAULT_ID_TOKEN_CERTS_URL,
         allowed_token_uris=frozenset(
             uri.strip() for uri in (_env(ALLOWED_TOKEN_URIS) or "").split(",") if uri.strip()
         ),

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pg8000.native
 from pg8000 import core as pg_core
@@ -78,7 +78,7 @@ def parse_database_url(url: str) -> ConnectParams:
         raise ConfigError("the database URL is malformed (check the port and brackets)") from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigError("the database URL must start with postgresql://")
-    query = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
+    query = _query_values(parts.query)
     unknown = set(query) - {"host", "port", "sslmode", "sslrootcert", "connect_timeout", "application_name"}
     if unknown:
         raise ConfigError(f"the database URL has unsupported parameters: {', '.join(sorted(unknown))}")
@@ -128,6 +128,19 @@ def parse_database_url(url: str) -> ConnectParams:
     )
 
 
+def _query_values(query: str) -> dict[str, str]:
+    """``key=value&...`` percent-decoded as libpq decodes a URI: ``+`` stays ``+`` (it is not a space
+    outside HTML forms; ``parse_qs`` would turn ``root+ca.crt`` into ``root ca.crt``); the last of a
+    repeated key wins."""
+    values: dict[str, str] = {}
+    for item in query.split("&"):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        values[unquote(key)] = unquote(value)
+    return values
+
+
 _ssl_contexts: dict[tuple[str, str | None], ssl.SSLContext] = {}
 _ssl_lock = threading.Lock()
 
@@ -144,15 +157,36 @@ def ssl_context_for(params: ConnectParams) -> ssl.SSLContext | bool:
     with _ssl_lock:
         context = _ssl_contexts.get(key)
         if context is None:
-            context = ssl.create_default_context(cafile=params.sslrootcert)
-            if params.sslmode in ("allow", "prefer", "require"):
-                # libpq's require encrypts without verifying the server, and so do we.
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            elif params.sslmode == "verify-ca":
-                context.check_hostname = False
+            context = _new_context(params.sslmode, params.sslrootcert)
             _ssl_contexts[key] = context
         return context
+
+
+def _new_context(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:
+    """A context for ``sslmode`` as libpq reads it.
+
+    ``require`` with a root certificate verifies the server's CA, exactly like ``verify-ca`` (libpq:
+    "if a root CA file exists, sslmode=require behaves as verify-ca"); without one it encrypts without
+    verifying. ``verify-full`` also checks the host name.
+
+    Raises:
+        ConfigError: ``sslrootcert`` is missing or unreadable (503 naming the setting, never a 500).
+    """
+    try:
+        context = ssl.create_default_context(cafile=sslrootcert)
+    except (OSError, ssl.SSLError) as exc:
+        logger.error("sslrootcert %s cannot be used: %s", sslrootcert, type(exc).__name__)
+        raise ConfigError(
+            "the database URL's sslrootcert file is missing or holds no readable CA certificate"
+        ) from None
+    verifies_ca = sslmode in ("verify-ca", "verify-full") or (sslmode == "require" and sslrootcert)
+    if not verifies_ca:
+        # allow, prefer, and require without a root certificate: encrypted, the server unverified.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif sslmode != "verify-full":
+        context.check_hostname = False
+    return context
 
 
 def _tcp_socket(params: ConnectParams) -> socket.socket:

@@ -32,6 +32,17 @@ class InvalidArgument(SkillEmailError):
     code = "invalid_argument"
 
 
+class Unauthenticated(SkillEmailError):
+    """``CALLER_POLICY=enforce`` and no valid Google ID token."""
+
+    status = 401
+    code = "unauthenticated"
+
+    def headers(self) -> dict[str, str]:
+        # RFC 6750: a 401 for a bearer-token resource names the scheme it wants.
+        return {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
 class ReauthRequired(SkillEmailError):
     """Google refused the refresh token (invalid_grant): the user must reconnect Gmail."""
 
@@ -40,7 +51,7 @@ class ReauthRequired(SkillEmailError):
 
 
 class PermissionDenied(SkillEmailError):
-    """The token lacks the scope the call needs, or Gmail answered 403 for permissions."""
+    """The caller may not do this, the token lacks the scope the call needs, or Gmail answered 403."""
 
     status = 403
     code = "permission_denied"

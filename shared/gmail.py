@@ -145,9 +145,14 @@ class SendOutcomeUnknown(Exception):
 
 @dataclass(frozen=True)
 class _Failure:
+    """What a Gmail error means. It is raised ``from None``: googleapiclient's ``HttpError`` carries
+    Gmail's answer (which may echo what we sent) into any traceback, so only ``summary`` (HTTP status
+    and Google's reason code) travels on, in the error's message."""
+
     error: SkillEmailError
     retryable: bool
     retry_after: float | None = None
+    summary: str = ""
 
 
 def _error_reason(exc: HttpError) -> tuple[str | None, str]:
@@ -167,13 +172,26 @@ def _error_reason(exc: HttpError) -> tuple[str | None, str]:
 
 
 def classify(exc: HttpError) -> _Failure:
-    """What a Gmail error means to a caller, and whether trying again can help."""
+    """What a Gmail error means to a caller, and whether trying again can help.
+
+    The error's text holds the HTTP status and Google's reason code, never Gmail's message or body.
+    """
     status = int(exc.resp.status)
     reason, message = _error_reason(exc)
-    retry_after = _retry_after(exc.resp.get("retry-after"))
+    summary = f"HTTP {status} {reason or 'no reason given'}"
+    failure = _classify(status, reason, message, _retry_after(exc.resp.get("retry-after")), summary)
+    return _Failure(failure.error, failure.retryable, failure.retry_after, summary)
+
+
+def _classify(
+    status: int, reason: str | None, message: str, retry_after: float | None, summary: str
+) -> _Failure:
     if status == 429 or (status == 403 and reason in RATE_LIMIT_REASONS):
         return _Failure(
-            RateLimited("Gmail is rate-limiting this mailbox; slow down", retry_after=int(retry_after or 30)),
+            RateLimited(
+                f"Gmail is rate-limiting this mailbox ({summary}); slow down",
+                retry_after=int(retry_after or 30),
+            ),
             True,
             retry_after,
         )
@@ -182,7 +200,7 @@ def classify(exc: HttpError) -> _Failure:
     if status == 403 and (reason in PERMISSION_REASONS or "scope" in message.lower() or reason is None):
         return _Failure(
             PermissionDenied(
-                "Gmail refused: the token lacks the permission (scope) this call "
+                f"Gmail refused ({summary}): the token lacks the permission (scope) this call "
                 "needs; reconnect Gmail granting it",
                 # Only these say "scope"; "forbidden" is about the mailbox (delegation), not the token.
                 scope_insufficient=reason in SCOPE_REASONS or "scope" in message.lower(),
@@ -198,12 +216,10 @@ def classify(exc: HttpError) -> _Failure:
     if status == 413:
         return _Failure(PayloadTooLarge("Gmail refused the message as too large"), False)
     if status == 400:
-        return _Failure(
-            InvalidArgument(f"Gmail rejected the request: {message or reason or 'bad request'}"), False
-        )
+        return _Failure(InvalidArgument(f"Gmail rejected the request ({summary})"), False)
     if status >= 500:
-        return _Failure(Unavailable("Gmail is failing; try again later"), True, retry_after)
-    return _Failure(UpstreamError(f"Gmail answered {status} {reason or ''}".strip()), False)
+        return _Failure(Unavailable(f"Gmail is failing ({summary}); try again later"), True, retry_after)
+    return _Failure(UpstreamError(f"Gmail answered {summary}"), False)
 
 
 def _retry_after(value: Any) -> float | None:
@@ -261,9 +277,9 @@ class GmailClient:
             except HttpError as exc:
                 failure = classify(exc)
                 if not failure.retryable or attempt == ATTEMPTS:
-                    raise failure.error from exc
+                    raise failure.error from None
                 if not self.backoff(attempt, failure.retry_after, started):
-                    raise failure.error from exc
+                    raise failure.error from None
                 logger.info("Gmail answered %s; retrying (attempt %d)", exc.resp.status, attempt + 1)
             except requests.RequestException as exc:
                 if attempt == ATTEMPTS or not self.backoff(attempt, None, started):
@@ -382,7 +398,7 @@ class GmailClient:
                 if failure.retryable:
                     retry.append(request_id)
                     return
-                raise failure.error from exception
+                raise failure.error from None
             raise exception
 
         batch = BatchHttpRequest(callback=collect, batch_uri=f"{self.endpoint}/batch/gmail/v1")
@@ -393,7 +409,7 @@ class GmailClient:
         except HttpError as exc:  # the batch itself failed: every request in it is pending again
             failure = classify(exc)
             if not failure.retryable:
-                raise failure.error from exc
+                raise failure.error from None
             return list(chunk), failure
         except requests.RequestException:  # reads only: the whole chunk may safely go again
             return list(chunk), _Failure(Unavailable("Gmail could not be reached"), True)
@@ -435,12 +451,12 @@ class GmailClient:
             except HttpError as exc:
                 failure = classify(exc)
                 if int(exc.resp.status) >= 500:
-                    raise SendOutcomeUnknown(f"Gmail answered {exc.resp.status} to the send") from exc
+                    raise SendOutcomeUnknown(f"Gmail answered {failure.summary} to the send") from None
                 # 429 and rate-limit 403s are refusals: nothing was sent, so trying again is safe.
                 if not failure.retryable or attempt == ATTEMPTS:
-                    raise failure.error from exc
+                    raise failure.error from None
                 if not self.backoff(attempt, failure.retry_after, started):
-                    raise failure.error from exc
+                    raise failure.error from None
             except requests.RequestException as exc:
                 if not _never_sent(exc):
                     raise SendOutcomeUnknown(

@@ -3,10 +3,17 @@
 Unknown fields are rejected (400, naming the field) so that a caller's typo is never silently ignored.
 The schemas themselves (which fields each target takes) live in ``request_types``; this module owns
 only the checking.
+
+A POST body is JSON with ``Content-Type: application/json`` (an empty one means ``{}``), or, for a
+request type that names a ``MULTIPART_FILES`` field, ``multipart/form-data``: a part named ``json``
+holding the JSON object and one file part per file, named after that field. Any other POST is 400
+before its body is read, so a browser's form or ``text/plain`` post (which needs no CORS preflight)
+can never start anything, the scheduled refresh included.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Mapping
@@ -14,6 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Request as FlaskRequest
+from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
 
 from shared.errors import InvalidArgument, PayloadTooLarge
 
@@ -24,6 +34,12 @@ R = TypeVar("R", bound="Request")
 
 # A request is a handful of short fields.
 MAX_BODY_BYTES = 64 * 1024
+JSON_TYPE = "application/json"
+MULTIPART_TYPE = "multipart/form-data"
+# The part of a multipart body that holds the JSON fields.
+JSON_PART = "json"
+# A json part plus the files of a message: Gmail takes at most a few hundred attachments anyway.
+MAX_FORM_PARTS = 500
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
 
@@ -67,13 +83,15 @@ def parse(request: FlaskRequest, request_type: type[R], max_body: int = MAX_BODY
         InvalidArgument: bad JSON, an unknown, missing or malformed field.
         PayloadTooLarge: a body over ``max_body`` bytes.
     """
-    raw, from_query = read(request, max_body)
+    raw, from_query = read(request, request_type, max_body)
     headers = {name: request.headers.get(header) for name, header in request_type.HEADERS.items()}
     return build(request_type, raw, from_query=from_query, headers=headers)
 
 
-def read(request: FlaskRequest, max_body: int = MAX_BODY_BYTES) -> tuple[dict[str, Any], bool]:
-    """A request's fields, not yet checked: the query of a GET, or the JSON object of any other method.
+def read(
+    request: FlaskRequest, request_type: type[Request], max_body: int = MAX_BODY_BYTES
+) -> tuple[dict[str, Any], bool]:
+    """A request's fields, not yet checked: the query of a GET, or the JSON (or multipart) object of a POST.
 
     Returns:
         The fields, and whether they came from the query (strings that ``build`` converts).
@@ -90,7 +108,24 @@ def read(request: FlaskRequest, max_body: int = MAX_BODY_BYTES) -> tuple[dict[st
                 raise InvalidArgument(f"{name}: given more than once")
             raw[name] = values[0]
         return raw, True
-    return _json_object(request, max_body), False
+    return _body_object(request, request_type, max_body), False
+
+
+def read_body(request: FlaskRequest, max_body: int = MAX_BODY_BYTES) -> bytes:
+    """A body read whole (the MCP SDK's JSON-RPC message), refused before it is read when its declared
+    length is over ``max_body``.
+
+    Raises:
+        PayloadTooLarge: a body over ``max_body`` bytes.
+        InvalidArgument: the body ended before its declared end.
+    """
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise PayloadTooLarge(f"the request body is over {max_body} bytes")
+    body = _read_body(request)
+    if len(body) > max_body:
+        raise PayloadTooLarge(f"the request body is over {max_body} bytes")
+    return body
 
 
 def build(
@@ -124,34 +159,106 @@ def build(
     return request_type(**parsed)
 
 
-def read_body(request: FlaskRequest, max_body: int = MAX_BODY_BYTES) -> bytes:
-    """The request's body, refused before it is read when its declared length is over ``max_body``.
-
-    Raises:
-        PayloadTooLarge: a body over ``max_body`` bytes.
-    """
+def _body_object(request: FlaskRequest, request_type: type[Request], max_body: int) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > max_body:
         raise PayloadTooLarge(f"the request body is over {max_body} bytes")
-    body = request.get_data(cache=False)
+    mimetype = (request.mimetype or "").lower()
+    files_field = request_type.MULTIPART_FILES
+    if mimetype == MULTIPART_TYPE and files_field:
+        return _multipart_object(request, files_field, max_body)
+    if mimetype != JSON_TYPE:
+        # Checked before the body is read: a POST that is not JSON never starts anything, even empty.
+        accepted = f"{JSON_TYPE} or {MULTIPART_TYPE}" if files_field else JSON_TYPE
+        raise InvalidArgument(f"a POST body must be JSON with Content-Type: {accepted}")
+    body = _read_body(request)
     if len(body) > max_body:
         raise PayloadTooLarge(f"the request body is over {max_body} bytes")
-    return body
-
-
-def _json_object(request: FlaskRequest, max_body: int) -> dict[str, Any]:
-    mimetype = (request.mimetype or "").lower()
-    body = read_body(request, max_body)
     if not body.strip():
         return {}
-    if mimetype != "application/json":
-        raise InvalidArgument("the body must be JSON with Content-Type: application/json")
+    return _json_value(body, "the body")
+
+
+def _read_body(request: FlaskRequest) -> bytes:
+    try:
+        return request.get_data(cache=False)
+    except (OSError, ClientDisconnected):
+        # The client stopped sending mid-body (gunicorn's NoMoreData is an OSError, werkzeug's server
+        # raises ClientDisconnected): the client's doing, not a bug of ours. An empty stream in its
+        # place keeps functions-framework's read_request from failing the same way after us.
+        request.stream = io.BytesIO()
+        raise InvalidArgument("the request body ended before its declared end") from None
+
+
+def _json_value(body: bytes | str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise InvalidArgument("the body is not valid JSON") from None
+        raise InvalidArgument(f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
-        raise InvalidArgument("the body must be a JSON object")
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return value
+
+
+def _in_memory(
+    total_content_length: int | None,
+    content_type: str | None,
+    filename: str | None,
+    content_length: int | None = None,
+) -> io.BytesIO:
+    # werkzeug would spool parts over 500 KB to a temporary file, which on Cloud Functions is memory
+    # too (an in-memory file system), only read back into a second copy; the body is bounded anyway.
+    return io.BytesIO()
+
+
+def _part_bytes(part: FileStorage) -> bytes:
+    stream = part.stream
+    return stream.getvalue() if isinstance(stream, io.BytesIO) else stream.read()
+
+
+def _multipart_object(request: FlaskRequest, files_field: str, max_body: int) -> dict[str, Any]:
+    """The ``json`` part's object, with each file part added to ``files_field`` as a dict holding the
+    file's ``filename``, its bytes as ``content`` and its ``mime_type`` (the part's Content-Type as
+    given), so the bytes are never base64-encoded on the way."""
+    options = dict(request.mimetype_params)
+    parser = FormDataParser(
+        stream_factory=_in_memory,
+        max_form_memory_size=max_body,
+        max_form_parts=MAX_FORM_PARTS,
+        silent=False,
+    )
+    try:
+        _, form, files = parser.parse(request.stream, MULTIPART_TYPE, request.content_length, options)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(f"the request body is over {max_body} bytes") from None
+    except (OSError, ClientDisconnected):
+        raise InvalidArgument("the request body ended before its declared end") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"the multipart/form-data body is malformed: {exc}") from None
+    # A part without a name comes back under None.
+    unknown = sorted(repr(name) for name in (set(form) | set(files)) - {JSON_PART, files_field})
+    if unknown:
+        raise InvalidArgument(
+            f"unknown multipart part: {unknown[0]} (expected {JSON_PART} and {files_field})"
+        )
+    texts = form.getlist(JSON_PART) + [_part_bytes(part) for part in files.getlist(JSON_PART)]
+    if len(texts) != 1:
+        raise InvalidArgument(f"a multipart body needs exactly one part named {JSON_PART}")
+    value = _json_value(texts[0], f"the {JSON_PART} part")
+    uploads = files.getlist(files_field)
+    if form.getlist(files_field):
+        raise InvalidArgument(f"{files_field}: each part must be a file (with a filename)")
+    if uploads:
+        if files_field in value:
+            raise InvalidArgument(f"{files_field}: given both in the {JSON_PART} part and as file parts")
+        value[files_field] = [
+            {
+                "filename": upload.filename or "",
+                "content": _part_bytes(upload),
+                **({"mime_type": upload.mimetype} if upload.mimetype else {}),
+            }
+            for upload in uploads
+        ]
     return value
 
 

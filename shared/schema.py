@@ -219,6 +219,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         transactional=False,
     ),
+    Migration(
+        10,
+        "callers allow-list, and the caller of each audit row",
+        (
+            # One role per caller email (CONTRACT.md, Callers); robeing_ids only for the robeing role.
+            """
+            CREATE TABLE IF NOT EXISTS skill_email_callers (
+                email VARCHAR(320) PRIMARY KEY,
+                role VARCHAR(16) NOT NULL CHECK (role IN ('robeing', 'scheduler', 'operator')),
+                robeing_ids TEXT[] NOT NULL DEFAULT '{}',
+                created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                updated_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')
+            )
+            """,
+            "ALTER TABLE gmail_audit_logs ADD COLUMN IF NOT EXISTS caller_email VARCHAR(320)",
+        ),
+    ),
 )
 
 _LEDGER_DDL = """

@@ -19,7 +19,7 @@ import flask
 import functions_framework
 from werkzeug.datastructures import Headers
 
-from shared import clock, config, logs, params, targets
+from shared import callers, clock, config, logs, params, targets
 from shared.errors import Internal, MethodNotAllowed, SkillEmailError
 
 logger = logging.getLogger("skill_email.request")
@@ -82,6 +82,8 @@ class Call:
     trace_id: str | None = None
     log: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=clock.monotonic)
+    # The verified caller (CALLER_POLICY=enforce), None under off.
+    caller: callers.Caller | None = None
 
     def duration_ms(self) -> int:
         """Milliseconds since the request arrived."""
@@ -130,9 +132,11 @@ def http_function(
             call = Call(target=name, trace_id=_trace(request))
             context = call.log_context()
             token = logs.request_context.set(context)
+            caller_token = callers.current.set(None)
             try:
                 response = _respond(handle, request, target, call, raw_request)
             finally:
+                callers.current.reset(caller_token)
                 logs.request_context.reset(token)
             level = logging.ERROR if response.status_code >= 500 else logging.INFO
             log_fields = {
@@ -164,10 +168,18 @@ def _respond(
                 f"{request.method} is not allowed here; use {' or '.join(target.methods)}",
                 allowed=target.methods,
             )
+        # Who is asking comes first, and what they may do is settled before the handler runs: a refused
+        # caller never reaches the token store, the token endpoint or Gmail.
+        settings = config.load_settings()
+        call.caller = callers.authenticate(request.headers.get("Authorization"), settings)
+        if call.caller is not None:
+            callers.current.set(call.caller)
+            call.log["caller"] = call.caller.email
         if raw_request:
+            # mcp: each tool call is authorized in invoke, as the target it names (role, robeing_id).
             result = handle(request, call)
         else:
-            raw, from_query = params.read(request, max_body=target.max_body)
+            raw, from_query = params.read(request, target.request, max_body=target.max_body)
             result = invoke(target.name, raw, call, headers=request.headers, from_query=from_query)
         if isinstance(result, flask.Response):
             return result
@@ -211,6 +223,7 @@ def invoke(
     for field_name in ("user_id", "robeing_id"):
         if getattr(args, field_name, None) is not None:
             call.log[field_name] = getattr(args, field_name)
+    callers.authorize(call.caller, target, args)
     return handle(args, call)
 
 
@@ -219,6 +232,9 @@ def public_error(error: BaseException, call: Call) -> SkillEmailError:
     is not a ``SkillEmailError`` (a bug) as ``internal`` with its traceback and no details in the body."""
     if isinstance(error, SkillEmailError):
         call.log["error_code"] = error.code
+        refused = error.details.get("caller_email")
+        if isinstance(refused, str):
+            call.log.setdefault("caller", refused)  # a verified caller who is not on the list
         if error.status >= 500:
             logger.error("%s: %s", error.code, error.message, exc_info=error if error.__cause__ else None)
             if isinstance(error, Internal):

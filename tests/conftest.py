@@ -16,10 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from flask.testing import FlaskClient
 
 from devtools.embedded_pg import DEFAULT_PASSWORD, EmbeddedPostgres
-from shared import clock, config, db, logs, schema, secret_manager
+from shared import callers, clock, config, db, logs, schema, secret_manager
 from shared.tokens.cipher import forget_ciphers
+from tests.fakes._server import FakeServer
+from tests.fakes.google_certs import FakeGoogleCerts
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,9 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ("tests.push_support",)
 TEST_DATABASE = "skill_email_test"
 
-# Every secret value a test creates is registered here; the log guard fails a test whose log lines
-# contain any of them.
+# Every secret value a test creates is registered here, and every fake reports what it issued
+# (``FakeServer.issued_secrets``); the guard fails a test whose log lines or answers hold any of them.
 SECRET_VALUES: set[str] = {DEFAULT_PASSWORD, DEFAULT_CLIENT_SECRET}
+# Shorter values are test placeholders ("tok"), not secrets, and would match ordinary words.
+MIN_SECRET_CHARS = 8
+# The bodies and headers the functions answered with in this test (the ``client`` fixture records them).
+ANSWERS: list[str] = []
 
 
 def secret(prefix: str) -> str:
@@ -85,7 +92,7 @@ def database_url(migrated_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     with db.connection(db.parse_database_url(migrated_url)) as conn:
         conn.run(
             "TRUNCATE gmail_token, gmail_audit_logs, gmail_idempotency, gmail_mailbox_watch, gmail_watchers, "
-            "gmail_events, gmail_webhooks RESTART IDENTITY"
+            "gmail_events, gmail_webhooks, skill_email_callers RESTART IDENTITY"
         )
     monkeypatch.setenv("DATABASE_URL", migrated_url)
     return migrated_url
@@ -263,6 +270,29 @@ def alice(user_token: Callable[..., int], conn: db.Connection, gmail: Any) -> in
     return row_id
 
 
+# The audiences the functions accept in the caller tests: the function's URL, as deploy.sh sets it.
+AUDIENCE = "https://send-email-abc123-uc.a.run.app"
+OTHER_AUDIENCE = "https://list-emails-abc123-uc.a.run.app"
+
+
+@pytest.fixture
+def google_certs() -> Iterator[FakeGoogleCerts]:
+    """Google's ID-token certificates on loopback, and a minter of ID tokens signed by them."""
+    with FakeGoogleCerts() as fake:
+        yield fake
+
+
+@pytest.fixture
+def enforce(
+    google_certs: FakeGoogleCerts, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> FakeGoogleCerts:
+    """CALLER_POLICY=enforce against the fake certificates; returns the fake, to mint tokens with."""
+    monkeypatch.setenv(config.CALLER_POLICY, "enforce")
+    monkeypatch.setenv(config.CALLER_AUDIENCES, f"{AUDIENCE}, {OTHER_AUDIENCE}")
+    monkeypatch.setenv(config.ID_TOKEN_CERTS_URL, google_certs.certs_url)
+    return google_certs
+
+
 # -- functions through functions-framework -----------------------------------------------------------
 
 
@@ -273,9 +303,24 @@ def client() -> Callable[[str], Any]:
 
     def make(target: str) -> Any:
         app = functions_framework.create_app(target=target, source=str(ROOT / "main.py"))
+        app.test_client_class = _RecordingClient
         return app.test_client()
 
     return make
+
+
+class _RecordingClient(FlaskClient):
+    """A Flask test client that keeps every answer's headers and body for the secret guard."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().open(*args, **kwargs)
+        headers = "\n".join(f"{name}: {value}" for name, value in response.headers.items())
+        # Our answers are JSON. Any other body (an attachment's bytes, streamed) is left unread: reading
+        # it here would buffer the stream the test checks; it is a mailbox's content, not a credential.
+        json_body = response.mimetype == "application/json"
+        body = response.get_data().decode("utf-8", "replace") if json_body else ""
+        ANSWERS.append(headers + "\n" + body)
+        return response
 
 
 # -- isolation and the log guard -----------------------------------------------------------------------
@@ -307,11 +352,17 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         config.PUBSUB_TOPIC,
         config.WEBHOOK_RETRY_BASE_SECONDS,
         config.AUDIT_RETENTION_DAYS,
+        config.CALLER_POLICY,
+        config.CALLER_AUDIENCES,
+        config.ID_TOKEN_CERTS_URL,
         config.ALLOWED_TOKEN_URIS,
         config.REQUIRE_ENCRYPTED_TOKENS,
     ):
         monkeypatch.delenv(name, raising=False)
     secret_manager.secrets.clear()
+    callers.clear_caches()
+    FakeServer.instances.clear()
+    ANSWERS.clear()
     forget_ciphers()
     if "shared.mailbox.send" in sys.modules:  # the per-instance sender cache: each test starts without it
         sys.modules["shared.mailbox.send"]._senders.clear()
@@ -326,8 +377,15 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
         root.removeHandler(handler)
         root.setLevel(previous_level)
         secret_manager.secrets.clear()
-    leaked = [(value, line) for line in handler.lines for value in SECRET_VALUES if value and value in line]
-    assert not leaked, f"a secret reached a log line: {leaked[0][1][:300]}"
+        callers.clear_caches()
+    issued = set(SECRET_VALUES)
+    for fake in FakeServer.instances:
+        issued |= fake.issued_secrets()
+    FakeServer.instances.clear()
+    issued = {value for value in issued if len(value) >= MIN_SECRET_CHARS}
+    for kind, texts in (("a log line", handler.lines), ("an answer", ANSWERS)):
+        leaked = [(value, text) for text in texts for value in issued if value in text]
+        assert not leaked, f"a secret reached {kind}: {leaked[0][1][:300]}"
 
 
 @pytest.fixture

@@ -64,6 +64,7 @@ def test_record_of_a_send_writes_every_column(
         "gmail_calls": 2,
         "result_count": None,
         "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "caller_email": None,  # CALLER_POLICY off: no verified caller
     }
 
 

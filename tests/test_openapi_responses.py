@@ -718,7 +718,7 @@ SCENARIOS = [
         # refresh_tokens
         ("refresh_tokens", 200, _post("/refresh_tokens", {"user_id": "alice", "robeing_id": "robeing-1"})),
         ("refresh_tokens", 200, _post("/refresh_tokens", {"window_seconds": 7200})),
-        ("refresh_tokens", 200, _post("/refresh_tokens")),
+        ("refresh_tokens", 200, _post("/refresh_tokens", headers={"Content-Type": "application/json"})),
         ("refresh_tokens", 400, _post("/refresh_tokens", {"window_seconds": "soon"})),
         ("refresh_tokens", 401, _post("/refresh_tokens", {"user_id": "bob"})),
         ("refresh_tokens", 404, _post("/refresh_tokens", {"user_id": "nobody"})),

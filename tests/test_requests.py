@@ -112,10 +112,27 @@ def test_oversized_body_is_413(client):
     assert response.get_json()["error"]["code"] == "payload_too_large"
 
 
-def test_refresh_tokens_empty_body_is_the_scheduled_run(client, database_url):
-    response = client("refresh_tokens").post("/")
+def test_refresh_tokens_empty_json_body_is_the_scheduled_run(client, database_url):
+    response = client("refresh_tokens").post("/", content_type="application/json")
     assert response.status_code == 200
     assert response.get_json() == {"checked": 0, "refreshed": 0, "skipped": 0, "failed": []}
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+def test_a_post_that_is_not_json_never_starts_the_scheduled_run(
+    client, database_url, user_token, token_endpoint, content_type
+):
+    # The content types a browser may POST across origins without a preflight, empty or not.
+    user_token("due", expires_in=60)
+    for body in (b"", b"{}"):
+        headers = {"Content-Type": content_type} if content_type else {}
+        response = client("refresh_tokens").post("/", data=body, headers=headers)
+        assert response.status_code == 400
+        assert "Content-Type: application/json" in response.get_json()["error"]["message"]
+    assert token_endpoint.count("POST", "/token") == 0
 
 
 def test_an_unexpected_bug_is_a_generic_500_with_details_only_in_the_log(

@@ -261,11 +261,14 @@ def _parse_attachments(value: object) -> tuple[Attachment, ...]:
             if key not in item:
                 raise errors.InvalidArgument(f"{field}.{key}: is required")
         filename = _attachment_filename(item["filename"], f"{field}.filename")
-        content_text = _require_str(item["content"], f"{field}.content")
-        # Checked before decoding so that a huge request fails without a huge allocation.
-        if total + _decoded_size_estimate(content_text) > MAX_ATTACHMENT_BYTES:
-            raise _too_large()
-        content = _decode_base64(content_text, f"{field}.content")
+        if isinstance(item["content"], bytes):
+            content = item["content"]  # a multipart/form-data file part: already bytes
+        else:
+            content_text = _require_str(item["content"], f"{field}.content")
+            # Checked before decoding so that a huge request fails without a huge allocation.
+            if total + _decoded_size_estimate(content_text) > MAX_ATTACHMENT_BYTES:
+                raise _too_large()
+            content = _decode_base64(content_text, f"{field}.content")
         total += len(content)
         if total > MAX_ATTACHMENT_BYTES:
             raise _too_large()

@@ -7,6 +7,7 @@ real Google client libraries are pointed at them.
 
 from tests.fakes._server import FakeServer, RecordedRequest, Response
 from tests.fakes.gmail import FakeGmail, StoredMessage, discovery_document, google_error
+from tests.fakes.google_certs import FakeGoogleCerts
 from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 from tests.fakes.secret_manager import FakeSecretManager, crc32c
 
@@ -14,6 +15,7 @@ __all__ = [
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
     "FakeGmail",
+    "FakeGoogleCerts",
     "FakeSecretManager",
     "FakeServer",
     "FakeTokenEndpoint",

@@ -173,8 +173,11 @@ class FakeServer:
     """
 
     name: ClassVar[str] = "fake"
+    # Every fake made in this process, so the suite's log guard can ask each for what it issued.
+    instances: ClassVar[list[FakeServer]] = []
 
     def __init__(self, *, latency: float = 0.0) -> None:
+        FakeServer.instances.append(self)
         self.latency = latency
         self.lock = threading.RLock()
         self.requests: list[RecordedRequest] = []
@@ -223,6 +226,11 @@ class FakeServer:
     def handle(self, request: RecordedRequest) -> Response:
         """Answer one request; subclasses implement this."""
         raise NotImplementedError
+
+    def issued_secrets(self) -> set[str]:
+        """Every secret value this fake issued or holds (tokens, client secrets, keys, secret payloads),
+        which must never appear in a log line or an answer of the functions."""
+        return set()
 
     def count(self, method: str | None = None, path_regex: str = "") -> int:
         """How many wire requests had this method (None = any) and a path matching `path_regex`."""

@@ -272,6 +272,10 @@ class FakeGmail(GmailWatchMixin, FakeServer):
             self.mailboxes.setdefault(address, Mailbox(address))
             self._tokens[token] = address
 
+    def issued_secrets(self) -> set[str]:
+        with self.lock:
+            return set(self._tokens)
+
     def revoke_token(self, token: str) -> None:
         """Stop accepting `token` (later calls get 401)."""
         with self.lock:

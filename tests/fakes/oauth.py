@@ -80,6 +80,15 @@ class FakeTokenEndpoint(FakeServer):
         with self.lock:
             self._failures.extend([(status, payload)] * count)
 
+    def issued_secrets(self) -> set[str]:
+        with self.lock:
+            return (
+                set(self.issued_access_tokens)
+                | set(self.refresh_tokens)
+                | set(self.rotated.values())
+                | set(self.clients.values())
+            )
+
     def calls(self, refresh_token: str) -> int:
         """How many token requests named this refresh token."""
         with self.lock:

@@ -87,6 +87,15 @@ class FakeSecretManager(FakeServer):
             versions.append(data)
             return len(versions)
 
+    def issued_secrets(self) -> set[str]:
+        with self.lock:
+            return {
+                value.decode("utf-8", "replace")
+                for versions in self._versions.values()
+                for value in versions
+                if value
+            }
+
     def delete_secret(self, project: str, name: str) -> None:
         """Remove a secret and all its versions."""
         with self.lock:
