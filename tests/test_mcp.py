@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import functions_framework
+import httpx2
 import pytest
 from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
@@ -30,9 +31,9 @@ from mcp_types import (
 )
 from werkzeug.serving import make_server
 
+from shared import callers, json_schema, mcp_server, request_types, targets
 from shared import gmail as gmail_module
-from shared import json_schema, mcp_server, request_types, targets
-from tests.conftest import MAILBOX, ROOT, insert_row
+from tests.conftest import AUDIENCE, MAILBOX, ROOT, insert_row, row
 
 MiB = 1024 * 1024
 
@@ -370,9 +371,47 @@ def test_a_bug_is_an_internal_tool_error_that_says_nothing_more(mcp_url, conn, l
     )
 
 
-# TO ADD when the callers work (CONTRACT.md "Callers") lands on main: under CALLER_POLICY=enforce, an MCP
-# request without an ID token is 401 `unauthenticated` (HTTP, before any tool runs), and a robeing caller
-# naming a robeing_id it does not hold gets a `permission_denied` tool error; both come from web.invoke.
+# -- callers (CALLER_POLICY=enforce): the HTTP request is authenticated, each tool call authorized ----------
+
+ROBEING_CALLER = "robeing-svc@robeing-prod.iam.gserviceaccount.com"
+
+
+def call_tool_as(url: str, token: str, name: str, arguments: dict[str, Any]) -> CallToolResult:
+    async def run() -> CallToolResult:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+        async with (
+            streamable_http_client(url, http_client=http) as (read, write),
+            ClientSession(read, write) as s,
+        ):
+            await s.initialize()
+            return await s.call_tool(name, arguments)
+
+    result: CallToolResult = anyio.run(run)
+    return result
+
+
+def test_enforce_without_an_id_token_is_401_before_any_tool_runs(client, enforce, log_lines):
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    message["params"] = {"name": "token_status", "arguments": {"user_id": "alice"}}
+    response = client("mcp").post("/", json=message, headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthenticated"
+    assert not [line for line in log_lines if '"tool"' in line]
+
+
+def test_a_robeing_caller_is_held_to_its_robeing_ids_per_tool(mcp_url, enforce, conn, user_token, gmail):
+    callers.add_caller(conn, ROBEING_CALLER, "robeing", ["robeing-7"])
+    row_id = user_token("alice", expires_in=3600, equipped_to="robeing-7")
+    gmail.allow_token(row(conn, row_id)["token_data"]["access_token"])
+    token = enforce.mint(ROBEING_CALLER, AUDIENCE)
+
+    mine = call_tool_as(mcp_url, token, "token_status", {"user_id": "alice", "robeing_id": "robeing-7"})
+    other = call_tool_as(mcp_url, token, "token_status", {"user_id": "alice", "robeing_id": "robeing-9"})
+    unnamed = call_tool_as(mcp_url, token, "list_emails", {"user_id": "alice"})
+
+    assert answer(mine)["equipped_to"] == "robeing-7"
+    assert tool_error(other)["code"] == "permission_denied"
+    assert tool_error(unnamed)["code"] == "permission_denied"
 
 
 # -- the HTTP exchange ----------------------------------------------------------------------------------
