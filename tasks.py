@@ -2,6 +2,7 @@
 """The four commands of this project, needing only Python 3.11+ and PyPI:
 
     python3 tasks.py serve    run every target on http://localhost:8080 over an embedded PostgreSQL
+                              (--sandbox: against a local Google, with a demo mailbox and user)
     python3 tasks.py test     run the whole test suite (extra arguments go to pytest)
     python3 tasks.py check    ruff, ruff format --check and mypy
     python3 tasks.py venv     only create (or update) the virtualenv, e.g. for deploy.sh
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent
 
@@ -82,6 +84,16 @@ def run(python: Path, args: list[str]) -> int:
     return subprocess.call([str(python), *args])
 
 
+def become(python: Path, args: list[str]) -> NoReturn:
+    """Replaces this process with ``.venv/bin/python ARGS``: the server (or pytest) keeps this PID, so
+    ``kill PID`` or Ctrl-C reaches it directly and it stops the functions and PostgreSQL itself; a child
+    process would be left running by a signal to this one."""
+    os.chdir(ROOT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(str(python), [str(python), *args])  # noqa: S606 (our venv's python, fixed arguments)
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     if command not in ("serve", "test", "check", "venv"):
@@ -91,9 +103,9 @@ def main(argv: list[str]) -> int:
     if command == "venv":
         return 0
     if command == "serve":
-        return run(python, ["-m", "devtools.serve", *argv[1:]])
+        become(python, ["-m", "devtools.serve", *argv[1:]])
     if command == "test":
-        return run(python, ["-m", "pytest", *argv[1:]])
+        become(python, ["-m", "pytest", *argv[1:]])
     status = run(python, ["-m", "ruff", "check", "."])
     status |= run(python, ["-m", "ruff", "format", "--check", "."])
     status |= run(python, ["-m", "mypy"])

@@ -19,8 +19,8 @@ import socket
 import sys
 from typing import Any
 
-from tests.fakes import _server
-from tests.fakes.oauth import FakeTokenEndpoint
+from devtools.fakes import _server
+from devtools.fakes.oauth import FakeTokenEndpoint
 
 # The fake answers in two writes (headers, then body). Without TCP_NODELAY the body waits for the ACK of
 # the headers, which the client delays by up to 40 ms on a kept-alive connection: an artefact no Google

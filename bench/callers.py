@@ -29,9 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bench._common import Section, bench_database, machine, progress, render, summary, timed
+from devtools.fakes.google_certs import FakeGoogleCerts
 from shared import callers, config, db, targets
 from shared.request_types import TokenStatusRequest
-from tests.fakes.google_certs import FakeGoogleCerts
 
 OPERATOR = "ops@example.com"
 AUDIENCE = "https://token-status-abc123-uc.a.run.app"

@@ -44,11 +44,11 @@ from bench._common import (
     stop_process,
     summary,
 )
+from devtools.fakes import _server
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 from shared import config, logs
 from shared.transport import RequestsHttp
-from tests.fakes import _server
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
 USER = "bench-gmail-user"
 MAILBOX = "bench.user@example.com"

@@ -64,10 +64,10 @@ import requests
 
 from bench._common import allow_token_uri
 from devtools.embedded_pg import EmbeddedPostgres
+from devtools.fakes._server import RecordedRequest, Response
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 from shared import db, schema
 from shared.tokens.record import EXPIRY_MARGIN
-from tests.fakes._server import RecordedRequest, Response
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -140,9 +140,9 @@ def _marker_of(raw: bytes) -> str | None:
 def fakes_main(conn: Any, options: dict[str, Any]) -> None:
     """The child process: fake Gmail, token endpoint and Secret Manager, driven through ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us, after its clients
-    from tests.fakes import _server
-    from tests.fakes.gmail import FakeGmail
-    from tests.fakes.secret_manager import FakeSecretManager
+    from devtools.fakes import _server
+    from devtools.fakes.gmail import FakeGmail
+    from devtools.fakes.secret_manager import FakeSecretManager
 
     # The fakes answer in two writes; without TCP_NODELAY the body waits for a delayed ACK (40 ms) on
     # kept-alive connections, an artefact no Google front end has.

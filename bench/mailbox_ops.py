@@ -22,10 +22,10 @@ from google.oauth2.credentials import Credentials
 from bench._common import Section, bench_database, machine, ms, progress, raise_on_sigterm, render, summary
 from bench.gmail import ACCESS_TOKEN, MAILBOX, REFRESH_TOKEN, USER, app_client, check, environment, quiet_logs
 from bench.gmail import seed_token as seed_send_token
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import FakeTokenEndpoint
 from shared import scopes
 from shared.gmail import GmailClient
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import FakeTokenEndpoint
 
 
 def measure(gmail: FakeGmail, repeat: int, run: Callable[[], Any]) -> tuple[dict[str, float], int]:

@@ -40,11 +40,11 @@ from googleapiclient.discovery import build_from_document
 from googleapiclient.http import BatchHttpRequest
 
 from bench._common import ROOT, Section, bench_database, machine, ms, progress, render, summary
+from devtools.fakes.gmail import FakeGmail, discovery_document
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
+from devtools.fakes.webhook import FakeWebhook
 from shared import db, logs
 from shared.events import watch, webhooks
-from tests.fakes.gmail import FakeGmail, discovery_document
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
-from tests.fakes.webhook import FakeWebhook
 
 TOPIC = "projects/bench/topics/gmail-push"
 PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"

@@ -47,10 +47,10 @@ from bench._common import (
     summary,
     timed,
 )
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import FakeTokenEndpoint
 from shared import config, db
 from shared.tokens.store import DatabaseTokenStore
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import FakeTokenEndpoint
 
 # What the eager twin imports at module level: everything main.py defers to the first call that needs it.
 EAGER_IMPORTS = (

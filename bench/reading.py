@@ -35,8 +35,8 @@ from bench.gmail import (
     quiet_logs,
     seed_token,
 )
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import FakeTokenEndpoint
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import FakeTokenEndpoint
 
 NAIVE_SOURCE = "bench/_naive_reading.py"
 THREAD_MESSAGES = 10

@@ -27,10 +27,10 @@ from datetime import timedelta
 from typing import Any
 
 from bench._common import FakeTokenProcess, Section, bench_database, machine, progress, render
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import clock, config, db, schema
 from shared.tokens import provider, scheduled, sql
 from shared.tokens.store import DatabaseTokenStore
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 # The candidate query before the due-set index (what issue 13 measured at 1.7 s for a million rows):
 # every equipped row, sorted into its (user, robeing) group, then filtered.

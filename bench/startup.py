@@ -42,11 +42,11 @@ from typing import IO, Any
 from bench import _common
 from bench import gmail as gmail_bench
 from bench._common import BIN, ROOT, bench_database, free_port, progress, stop_process
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import FakeTokenEndpoint
+from devtools.fakes.secret_manager import FakeSecretManager
 from shared import config
 from shared.targets import TARGETS
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import FakeTokenEndpoint
-from tests.fakes.secret_manager import FakeSecretManager
 
 USER = gmail_bench.USER
 PROJECT = "bench-project"

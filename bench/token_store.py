@@ -47,10 +47,10 @@ from bench._common import (
     timed,
     worker_time,
 )
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import config, db, logs, request_types
 from shared.tokens import oauth, provider
 from shared.tokens.store import DatabaseTokenStore
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 USER = "bench-user"
 USER_REFRESH_TOKEN = "bench-user-refresh"

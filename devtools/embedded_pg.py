@@ -7,6 +7,7 @@ we are root, since PostgreSQL refuses to run as root.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -121,10 +122,15 @@ class EmbeddedPostgres:
             )
 
     def destroy(self) -> None:
-        """Stops the server and deletes its data."""
+        """Stops the server and deletes its data, and the temporary folder around it once that is empty
+        (tests and benchmarks make one per server: ``mkdtemp() / "pgdata"``)."""
         self.stop("immediate")
         shutil.rmtree(self.data_dir, ignore_errors=True)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+        parent = self.data_dir.parent
+        if parent.parent == Path(tempfile.gettempdir()).resolve():
+            with contextlib.suppress(OSError):  # not empty: someone else's files stay
+                parent.rmdir()
 
     def is_running(self) -> bool:
         """True when the server accepts TCP connections."""

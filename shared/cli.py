@@ -398,7 +398,8 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__)
+    # --help is read in a terminal: the docstring's reST literals (double backticks) would show as typed.
+    parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__.replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("migrate", help="create or update the tables (safe to run again)").set_defaults(

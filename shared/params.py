@@ -108,7 +108,15 @@ def read(
                 raise InvalidArgument(f"{name}: given more than once")
             raw[name] = values[0]
         return raw, True
-    return _body_object(request, request_type, max_body), False
+    raw = _body_object(request, request_type, max_body)
+    # A POST reads only its JSON body; a field left in the query string would be silently ignored.
+    misplaced = sorted(name for name in request.args if name in request_type.FIELDS and name not in raw)
+    if misplaced:
+        raise InvalidArgument(
+            f"{misplaced[0]}: given in the query string, which a POST does not read; "
+            "send it in the JSON body (Content-Type: application/json)"
+        )
+    return raw, False
 
 
 def read_body(request: FlaskRequest, max_body: int = MAX_BODY_BYTES) -> bytes:

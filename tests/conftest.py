@@ -3,29 +3,65 @@ functions served through functions-framework, and a guard that no secret ever re
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from flask.testing import FlaskClient
 
 from devtools.embedded_pg import DEFAULT_PASSWORD, EmbeddedPostgres
+from devtools.fakes._server import FakeServer
+from devtools.fakes.google_certs import FakeGoogleCerts
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 from shared import callers, clock, config, db, logs, schema, secret_manager
 from shared.tokens.cipher import forget_ciphers
-from tests.fakes._server import FakeServer
-from tests.fakes.google_certs import FakeGoogleCerts
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+# The client package (client/) is tested from this checkout, importable on a fresh clone without
+# installing it; an installed copy elsewhere in the venv never shadows the code under test.
+sys.path.insert(0, str(ROOT / "client"))
+
+
+class _OldFakesName(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """The fakes moved from tests/fakes/ to devtools/fakes/ (the sandbox serves them too). Branches written
+    before the move still say ``tests.fakes.X``: each such name is the module ``devtools.fakes.X`` itself
+    (an alias, never a second copy whose classes would differ)."""
+
+    OLD, NEW = "tests.fakes", "devtools.fakes"
+    real_specs: ClassVar[dict[str, Any]] = {}
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name == self.OLD or name.startswith(self.OLD + "."):
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        module = importlib.import_module(self.NEW + spec.name[len(self.OLD) :])
+        self.real_specs[module.__name__] = module.__spec__
+        return module
+
+    def exec_module(self, module: Any) -> None:
+        # Nothing to run (it was imported under its own name); importlib has just set the alias's spec on
+        # it, so its own is put back.
+        module.__spec__ = self.real_specs[module.__name__]
+
+
+sys.meta_path.insert(0, _OldFakesName())
+
 # Fixtures of the new-mail tests (watchers' tokens, the Pub/Sub topic, a webhook receiver).
 pytest_plugins = ("tests.push_support",)
 TEST_DATABASE = "skill_email_test"
@@ -61,12 +97,13 @@ def pg_admin_url() -> Iterator[str]:
     if external:
         yield external
         return
-    data_dir = Path(tempfile.mkdtemp(prefix="skill-email-test-")) / "pgdata"
-    server = EmbeddedPostgres(data_dir, durable=False).start()
+    work_dir = Path(tempfile.mkdtemp(prefix="skill-email-test-"))
+    server = EmbeddedPostgres(work_dir / "pgdata", durable=False).start()
     try:
         yield server.tcp_url()
     finally:
         server.destroy()
+        shutil.rmtree(work_dir, ignore_errors=True)  # destroy() removes pgdata, not the folder around it
 
 
 def create_database(admin_url: str, name: str) -> str:
@@ -254,7 +291,7 @@ def gmail(
 
     With ``fake_clock``: Gmail backoff and the unknown-outcome wait advance a fake clock, never wait.
     """
-    from tests.fakes.gmail import FakeGmail
+    from devtools.fakes.gmail import FakeGmail
 
     with FakeGmail(email_address=MAILBOX) as fake:
         fake.trust(token_endpoint)
@@ -392,3 +429,17 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CaptureHandler]:
 def log_lines(isolated: _CaptureHandler) -> list[str]:
     """The JSON log lines this test produced so far."""
     return isolated.lines
+
+
+# -- the sandbox server ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Any]:
+    """``python -m devtools.serve --sandbox`` in a subprocess, shared by the session's tests (the client's
+    among them). GMAIL_API_ENDPOINT points at a dead port in its environment: the sandbox must override
+    it, or every Gmail call fails."""
+    from tests.serving import sandbox_server
+
+    with sandbox_server(GMAIL_API_ENDPOINT="http://127.0.0.1:9") as served:
+        yield served

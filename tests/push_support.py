@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.webhook import FakeWebhook
 from shared import db
 from tests.conftest import MAILBOX, row
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.webhook import FakeWebhook
 
 TOPIC = "projects/robeing-test/topics/gmail-push"
 PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from devtools.fakes.google_certs import CERTS_PATH, FakeGoogleCerts, signing_key
 from shared import callers, cli, clock, config, db
 from tests.conftest import AUDIENCE, OTHER_AUDIENCE, row
-from tests.fakes.google_certs import CERTS_PATH, FakeGoogleCerts, signing_key
 
 ROBEING = "robeing-svc@robeing-prod.iam.gserviceaccount.com"
 SCHEDULER = "scheduler@robeing-prod.iam.gserviceaccount.com"
@@ -415,7 +415,7 @@ def test_fake_certs_are_what_google_auth_verifies_with(google_certs: FakeGoogleC
 
 
 def test_certificates_are_fetched_again_once_their_max_age_passes(client, enforce, listed, monkeypatch):
-    from tests.fakes.google_certs import MAX_AGE_S
+    from devtools.fakes.google_certs import MAX_AGE_S
 
     start = clock.monotonic()
     now = [start]

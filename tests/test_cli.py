@@ -22,10 +22,10 @@ from urllib.parse import unquote_plus, urlencode
 import pytest
 import requests
 
+from devtools.fakes._server import FakeServer, RecordedRequest, Response
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import cli, db, schema
 from tests.conftest import ROOT, TEST_DATABASE, create_database, insert_row, secret
-from tests.fakes._server import FakeServer, RecordedRequest, Response
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
@@ -419,6 +419,13 @@ def test_audit_command_prints_a_users_rows(database_url, conn, capsys):
     assert cli.main(["audit", "aud"]) == 0
     line = capsys.readouterr().out.strip()
     assert '"gmail_message_id": "m1"' in line and '"http_status": 200' in line
+
+
+def test_help_shows_plain_text_not_rest_markup() -> None:
+    # The module docstring is reST (``...``); --help is read in a terminal, where backticks are noise.
+    text = cli.build_parser().format_help()
+    assert "``" not in text
+    assert "python -m shared.cli --help lists them" in text
 
 
 def test_migrations_are_numbered_once_each_and_applied_in_order():

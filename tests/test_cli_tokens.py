@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import cli, db
 from tests.conftest import ROOT, insert_row, secret, utc_in
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"

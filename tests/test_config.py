@@ -8,11 +8,11 @@ import time
 
 import pytest
 
+from devtools.fakes.secret_manager import FakeSecretManager
 from shared import config, db
 from shared.config import ConfigError
 from shared.errors import Unavailable
 from tests.conftest import utc_in
-from tests.fakes.secret_manager import FakeSecretManager
 
 # -- URL parsing --------------------------------------------------------------------------------------
 

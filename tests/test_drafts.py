@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from devtools.fakes.gmail import FakeGmail
 from shared import audit, scopes
 from tests.conftest import MAILBOX, row
-from tests.fakes.gmail import FakeGmail
 
 CREATE_PATH = r"/drafts$"
 SEND_PATH = r"/drafts/send$"

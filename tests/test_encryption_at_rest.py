@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from devtools.fakes.secret_manager import FakeSecretManager
 from shared import db
 from shared.tokens.cipher import token_cipher
 from shared.tokens.keyring import generate_key
 from shared.tokens.maintenance import reseal_rows
 from tests.conftest import SECRET_VALUES, row
-from tests.fakes.secret_manager import FakeSecretManager
 
 
 def keyring(primary: str, *names: str, keys: dict[str, str]) -> str:

@@ -11,8 +11,8 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 
+from devtools.fakes.cloud_tasks import FakeCloudTasks
 from shared.tokens import tasks
-from tests.fakes.cloud_tasks import FakeCloudTasks
 
 QUEUE = "projects/p/locations/europe-west1/queues/refresh"
 

@@ -30,7 +30,7 @@ from googleapiclient.discovery import build, build_from_document
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest, MediaIoBaseUpload
 
-from tests.fakes import (
+from devtools.fakes import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     FakeGmail,
@@ -38,7 +38,7 @@ from tests.fakes import (
     FakeTokenEndpoint,
     crc32c,
 )
-from tests.fakes.gmail import DEFAULT_TOKEN, discovery_document
+from devtools.fakes.gmail import DEFAULT_TOKEN, discovery_document
 
 REFRESH_A = "1//refresh-a"
 
@@ -746,7 +746,7 @@ def test_fail_next_then_recovers(secrets: FakeSecretManager) -> None:
 
 
 def test_recorded_request_parsing() -> None:
-    from tests.fakes import RecordedRequest
+    from devtools.fakes import RecordedRequest
 
     request = RecordedRequest("POST", "/token", {"a": ["1", "2"]}, {}, b"x=1&y=%C3%A9")
     assert request.param("a") == "1"

@@ -12,7 +12,7 @@ from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build_from_document
 from googleapiclient.errors import HttpError
 
-from tests.fakes.gmail import DEFAULT_EMAIL, DEFAULT_TOKEN, FakeGmail, discovery_document
+from devtools.fakes.gmail import DEFAULT_EMAIL, DEFAULT_TOKEN, FakeGmail, discovery_document
 
 TOPIC = "projects/p/topics/gmail"
 RAW = b"From: a@example.com\r\nTo: me@example.com\r\nSubject: hi\r\n\r\nbody\r\n"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import db, schema
 from shared.tokens import provider
 from tests.conftest import insert_row, row, secret, utc_in
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_database_lost_after_gmail_took_the_message_still_answers_200_and_never_
 ):
     """The send succeeded but its Idempotency-Key record could not be completed: the caller is told
     the truth (200), and a retry with the key does not send a second copy."""
-    from tests.fakes.gmail import FakeGmail
+    from devtools.fakes.gmail import FakeGmail
 
     seed(own_server, token_endpoint, "carol", 3600)
     with FakeGmail() as gmail:

@@ -23,10 +23,10 @@ from schemathesis.specs.openapi.checks import (
 )
 from werkzeug.test import Client, TestResponse
 
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import FakeTokenEndpoint
 from shared.mailbox import send
 from tests.conftest import row
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import FakeTokenEndpoint
 from tests.test_openapi_responses import SPEC_PATH, assert_conforms, wsgi_app
 
 SEEDED = "alice"

@@ -12,10 +12,10 @@ from urllib.parse import urlencode
 
 import pytest
 
+from devtools.fakes.gmail import FakeGmail
 from shared import audit
 from shared import gmail as gmail_module
 from tests.conftest import MAILBOX, row
-from tests.fakes.gmail import FakeGmail
 
 LIST_PATH = r"/messages$"
 # 2024-01-02T03:04:05Z, the base of every seeded message's internalDate.

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from devtools.fakes.gmail import SYSTEM_LABELS, FakeGmail
 from shared import audit, scopes
 from tests.conftest import row
-from tests.fakes.gmail import SYSTEM_LABELS, FakeGmail
 
 LABELS_LIST = r"/labels$"
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from devtools.fakes.gmail import FakeGmail
 from shared import targets
-from tests.fakes.gmail import FakeGmail
 
 MiB = 1024 * 1024
 BOUNDARY = "----skill-email-test-7f1c2d9e"

@@ -27,10 +27,10 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
 
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
 from shared import scopes, targets
 from tests.conftest import MAILBOX, insert_row, row
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, FakeTokenEndpoint
 from tests.push_support import cloud_event
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from devtools.fakes.gmail import FakeGmail
 from shared import db
 from tests.conftest import MAILBOX
 from tests.conftest import row as token_row
-from tests.fakes.gmail import FakeGmail
 from tests.push_support import TOPIC, cloud_event, events_of, push, raw_message
 
 

@@ -14,13 +14,13 @@ import pytest
 from standardwebhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from devtools.fakes.gmail import FakeGmail
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
+from devtools.fakes.webhook import FakeWebhook
 from shared import cli, clock, db, schema
 from shared.events import delivery
 from shared.tokens import keyring as token_keyring
 from tests.conftest import MAILBOX, SECRET_VALUES, insert_row, secret, utc_in
-from tests.fakes.gmail import FakeGmail
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, FakeTokenEndpoint
-from tests.fakes.webhook import FakeWebhook
 from tests.push_support import TOPIC, events_of, push, raw_message
 
 

@@ -14,9 +14,9 @@ import pytest
 from werkzeug.test import Client
 
 from devtools import serve, webhook_sink
+from devtools.fakes.gmail import FakeGmail
 from shared import cli
 from tests.conftest import SECRET_VALUES
-from tests.fakes.gmail import FakeGmail
 from tests.push_support import cloud_event, raw_message
 
 

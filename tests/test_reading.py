@@ -17,9 +17,9 @@ from urllib.parse import unquote, urlencode
 
 import pytest
 
+from devtools.fakes.gmail import FakeGmail
 from shared import audit, scopes
 from tests.conftest import MAILBOX, row
-from tests.fakes.gmail import FakeGmail
 
 EML = Path(__file__).parent / "data" / "eml"
 GET_PATH = r"/messages/[^/]+$"
@@ -400,7 +400,7 @@ def gmail_attachment_id(client: Any, gmail: FakeGmail, message_id: str) -> str:
     from google.oauth2.credentials import Credentials
     from googleapiclient.discovery import build_from_document
 
-    from tests.fakes.gmail import DEFAULT_TOKEN, discovery_document
+    from devtools.fakes.gmail import DEFAULT_TOKEN, discovery_document
 
     service = build_from_document(discovery_document(gmail.url), credentials=Credentials(token=DEFAULT_TOKEN))
     full = service.users().messages().get(userId="me", id=message_id, format="full").execute()

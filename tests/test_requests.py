@@ -147,3 +147,14 @@ def test_an_unexpected_bug_is_a_generic_500_with_details_only_in_the_log(
     assert response.status_code == 500
     assert response.get_json() == {"error": {"code": "internal", "message": "internal error"}}
     assert any('"severity": "ERROR"' in line for line in log_lines)
+
+
+@pytest.mark.parametrize(("target", "field"), [("token_status", "user_id"), ("list_emails", "q")])
+def test_a_post_field_left_in_the_query_string_says_it_belongs_in_the_body(client, target, field):
+    # A POST reads only its JSON body; "user_id: required" alone left callers looking in the wrong place.
+    response = client(target).post(f"/?{field}=alice", json={} if field == "user_id" else {"user_id": "x"})
+    assert response.status_code == 400
+    message = response.get_json()["error"]["message"]
+    assert message.startswith(f"{field}: ")
+    assert "query string" in message
+    assert "JSON body" in message

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from devtools.fakes.cloud_tasks import FakeCloudTasks
 from shared import clock
 from shared.tokens import scheduled, sql
 from tests.conftest import insert_row, row
-from tests.fakes.cloud_tasks import FakeCloudTasks
 
 DAY = timedelta(days=1)
 

@@ -7,8 +7,8 @@ import google.auth.transport.requests
 import pytest
 from google.oauth2.credentials import Credentials
 
+from devtools.fakes import FakeGmail, FakeGoogleCerts, FakeSecretManager, FakeTokenEndpoint
 from tests.conftest import AUDIENCE
-from tests.fakes import FakeGmail, FakeGoogleCerts, FakeSecretManager, FakeTokenEndpoint
 
 pytest_plugins = ["pytester"]
 
@@ -42,7 +42,7 @@ def test_each_fake_reports_every_secret_it_issued_or_holds():
 
 GUARDED = """
 import logging
-from tests.fakes import FakeTokenEndpoint
+from devtools.fakes import FakeTokenEndpoint
 
 def test_logs_a_client_secret():
     with FakeTokenEndpoint(clients={"cid": "leaky-client-secret-{n}"}):

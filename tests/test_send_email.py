@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from devtools.fakes.gmail import FakeGmail
 from shared import audit
 from tests.conftest import MAILBOX, row, utc_in
-from tests.fakes.gmail import FakeGmail
 
 SEND_PATH = r"/messages/send$"
 MiB = 1024 * 1024

@@ -7,20 +7,16 @@ is never touched.
 from __future__ import annotations
 
 import ast
+import json
 import os
-import queue
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,114 +26,16 @@ import requests
 
 from devtools import serve
 from devtools.embedded_pg import DEFAULT_PASSWORD
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import cli
 from tests.conftest import ROOT, secret
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
-
-# First start initialises a cluster (initdb, a few seconds); later starts take about a second.
-START_TIMEOUT_S = 90
-STOP_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@dataclass
-class Served:
-    """A running ``devtools.serve`` subprocess and everything it printed so far."""
-
-    process: subprocess.Popen[str]
-    port: int
-    db_port: int
-    lines: list[str] = field(default_factory=list)
-    _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def output(self) -> str:
-        self._drain()
-        return "".join(self.lines)
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if line is not None:
-                self.lines.append(line)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if "Ctrl-C stops" in self.output and port_open(self.port):
-                return
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.output}")
-            time.sleep(0.1)
-        raise AssertionError(f"serve did not start in {START_TIMEOUT_S} s:\n{self.output}")
-
-    def stop(self, signum: int) -> int:
-        self.process.send_signal(signum)
-        try:
-            return self.process.wait(timeout=STOP_TIMEOUT_S)
-        finally:
-            time.sleep(0.2)  # let the reader thread take the last lines
-            self._drain()
-
-
-def start_serve(data_dir: Path, port: int, db_port: int) -> Served:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "devtools.serve",
-            *("--port", str(port), "--db-port", str(db_port)),
-            *("--data-dir", str(data_dir)),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    served = Served(process, port, db_port)
-
-    def read() -> None:  # drains the pipe so the server never blocks on a full one
-        assert process.stdout is not None
-        for line in process.stdout:
-            served._queue.put(line)
-        served._queue.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
-    served.wait_ready()
-    return served
+from tests.serving import STOP_TIMEOUT_S, Served, free_port, port_open, scratch_dir, start_serve
 
 
 @pytest.fixture
 def work_dir() -> Iterator[Path]:
-    """A directory for the server's data, under /tmp rather than pytest's tmp_path: pytest keeps its own
-    base directory private (0700, reset by every pytest run), and PostgreSQL, run as the unprivileged
-    user ``embedded_postgres`` when we are root, must be able to reach its data directory."""
-    path = Path(tempfile.mkdtemp(prefix="skill-email-serve-test-"))
-    try:
+    with scratch_dir("skill-email-serve-test-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -220,18 +118,40 @@ def test_serve_mounts_every_target_and_an_index(serving: Served) -> None:
     nowhere = requests.get(f"{serving.url}/nowhere", timeout=10)
     assert nowhere.status_code == 404
     assert nowhere.json()["error"]["code"] == "not_found"
+    # Compact like every function's error (it used to be the only pretty-printed one).
+    for response in (nowhere, unknown, wrong_method):
+        assert response.text == json.dumps(response.json(), ensure_ascii=False, separators=(",", ":"))
+
+    # werkzeug colours request lines with ANSI codes even into a pipe or file; ours are plain text.
+    time.sleep(0.3)
+    assert '"GET /nowhere HTTP/1.1" 404' in serving.output
+    assert "\x1b[" not in serving.output
 
 
-def test_serve_keeps_its_data_across_runs_and_stops_on_sigterm(work_dir: Path) -> None:
+def test_serve_help_shows_plain_text() -> None:
+    text = serve.build_parser().format_help()
+    assert "``" not in text
+    assert "python -m devtools.serve: every target of the registry on one port" in text
+
+
+def test_serve_keeps_its_data_across_runs_and_restarts_at_once_on_the_same_ports(work_dir: Path) -> None:
     data_dir = work_dir / "pg"
     first = start_serve(data_dir, free_port(), free_port())
     try:
         added = add_token((work_dir / "database_url").read_text().strip(), "bob")
         assert added.returncode == 0, added.stderr
+        # A connection the server closes first (HTTP/1.0) leaves its port in TIME_WAIT for about a minute.
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", first.port), timeout=10) as sock:
+                sock.sendall(b"GET /token_status?user_id=bob HTTP/1.0\r\n\r\n")
+                answer = b"".join(iter(lambda: sock.recv(65536), b""))
+            assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:80]
     finally:
         assert first.stop(signal.SIGINT) == 0
 
-    second = start_serve(data_dir, free_port(), free_port())
+    # The same ports at once: a restart used to be refused ("port ... is in use") until TIME_WAIT ended.
+    second = start_serve(data_dir, first.port, first.db_port)
+    assert f"port {first.db_port} is taken" not in second.output
     try:
         found = requests.get(f"{second.url}/token_status", params={"user_id": "bob"}, timeout=10)
         assert found.status_code == 200

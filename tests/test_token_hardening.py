@@ -12,13 +12,13 @@ import traceback
 import pytest
 import responses
 
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared.errors import ReauthRequired, SkillEmailError, UpstreamError
 from shared.tokens import oauth
 from shared.tokens.cipher import token_cipher
 from shared.tokens.keyring import generate_key
 from shared.tokens.maintenance import reseal_rows
 from tests.conftest import SECRET_VALUES, insert_row, row, secret, utc_in
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 GOOGLE = "https://oauth2.googleapis.com/token"
 

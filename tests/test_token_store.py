@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import pytest
 import responses
 
+from devtools.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from shared import db
 from shared.tokens import provider
 from shared.tokens.store import DatabaseTokenStore
 from tests.conftest import DEFAULT_SCOPES, insert_row, row, secret, utc_in
-from tests.fakes.oauth import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 
 def status(client, **body):  # type: ignore[no-untyped-def]

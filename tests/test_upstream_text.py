@@ -4,8 +4,8 @@ code and a short reason do."""
 
 from __future__ import annotations
 
+from devtools.fakes.gmail import google_error
 from tests.conftest import secret
-from tests.fakes.gmail import google_error
 
 
 def _marker() -> str:

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from tests.fakes._server import FakeServer, RecordedRequest, Response
+from devtools.fakes._server import FakeServer, RecordedRequest, Response
 
 
 class FakeWebhook(FakeServer):

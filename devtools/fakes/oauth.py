@@ -9,7 +9,7 @@ import collections
 import itertools
 from typing import Any
 
-from tests.fakes._server import FakeServer, RecordedRequest, Response
+from devtools.fakes._server import FakeServer, RecordedRequest, Response
 
 DEFAULT_CLIENT_ID = "test-client-id.apps.googleusercontent.com"
 DEFAULT_CLIENT_SECRET = "test-client-secret"

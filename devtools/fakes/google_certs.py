@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 
-from tests.fakes._server import FakeServer, RecordedRequest, Response
+from devtools.fakes._server import FakeServer, RecordedRequest, Response
 
 CERTS_PATH = "/oauth2/v1/certs"
 ISSUER = "https://accounts.google.com"

@@ -24,10 +24,10 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from tests.fakes._server import RecordedRequest, Response
+from devtools.fakes._server import RecordedRequest, Response
 
 if TYPE_CHECKING:
-    from tests.fakes.gmail import Mailbox
+    from devtools.fakes.gmail import Mailbox
 
 _USER = r"/gmail/v1/users/(?P<user>[^/]+)"
 WATCH_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
@@ -41,7 +41,7 @@ HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
 
 
 def _error(status: int, message: str, reason: str) -> Response:
-    from tests.fakes.gmail import google_error  # the shared error shape; imported late (gmail imports us)
+    from devtools.fakes.gmail import google_error  # the shared error shape; imported late (gmail imports us)
 
     return google_error(status, message, reason)
 

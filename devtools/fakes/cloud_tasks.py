@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-from tests.fakes._server import FakeServer, RecordedRequest, Response
+from devtools.fakes._server import FakeServer, RecordedRequest, Response
 
 _CREATE = re.compile(r"^/v2/(?P<queue>projects/[^/]+/locations/[^/]+/queues/[^/]+)/tasks$")
 

@@ -17,7 +17,7 @@ import base64
 import collections
 import re
 
-from tests.fakes._server import FakeServer, RecordedRequest, Response
+from devtools.fakes._server import FakeServer, RecordedRequest, Response
 
 _ACCESS = re.compile(
     r"^/v1/projects/(?P<project>[^/]+)(?:/locations/(?P<location>[^/]+))?"

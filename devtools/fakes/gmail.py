@@ -21,7 +21,7 @@ Endpoints (paths exactly as googleapiclient builds them from the discovery docum
 - GET  /gmail/v1/users/{userId}/labels              system labels and the mailbox's user labels, no counts
 - GET  /gmail/v1/users/{userId}/labels/{id}         with messagesTotal/Unread and threadsTotal/Unread
 - POST /gmail/v1/users/{userId}/labels              JSON {"name"}; a name in use (any case) is 409
-- POST .../watch, POST .../stop, GET .../history    push notifications: see tests/fakes/gmail_watch.py
+- POST .../watch, POST .../stop, GET .../history    push notifications: see devtools/fakes/gmail_watch.py
 
 `userId` must be `me` or the mailbox's address (else 403). Every call needs `Authorization: Bearer T` with T
 allowed by `allow_token()` or issued by a `FakeTokenEndpoint` passed to `trust()` (else 401, Google's shape).
@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import TYPE_CHECKING, Any
 
-from tests.fakes._server import (
+from devtools.fakes._server import (
     FailRule,
     FakeServer,
     RecordedRequest,
@@ -81,10 +81,10 @@ from tests.fakes._server import (
     status_line,
     take_failure,
 )
-from tests.fakes.gmail_watch import WATCH_ROUTES, GmailWatchMixin
+from devtools.fakes.gmail_watch import WATCH_ROUTES, GmailWatchMixin
 
 if TYPE_CHECKING:
-    from tests.fakes.oauth import FakeTokenEndpoint
+    from devtools.fakes.oauth import FakeTokenEndpoint
 
 DEFAULT_EMAIL = "me@example.com"
 DEFAULT_TOKEN = "test-access-token"
