@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,7 +46,12 @@ FALSE_WORDS = frozenset({"false", "0", "no"})
 
 @dataclass(frozen=True)
 class Field:
-    """One accepted field: its kind (str, int, bool, str_list, int_list, any) and its bounds."""
+    """One accepted field: its kind (``str``, ``id``, ``int``, ``bool``, ``str_list``, ``int_list``, ``any``)
+    and its bounds.
+
+    ``schema`` is the JSON Schema of an ``any`` field, whose value the code that understands it checks
+    (the message fields of a send); ``description`` is shown to agents in MCP tool schemas.
+    """
 
     kind: str
     required: bool = False
@@ -55,6 +61,11 @@ class Field:
     maximum: int | None = None
     default: Any = None
     query_ok: bool = True
+    schema: Mapping[str, Any] | None = None
+    description: str = ""
+    # A ``str`` that must be one of these words, or match this (ECMA-262 and Python alike) pattern.
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None
 
 
 def ident(max_length: int, required: bool = False) -> Field:
@@ -72,6 +83,23 @@ def parse(request: FlaskRequest, request_type: type[R], max_body: int = MAX_BODY
         InvalidArgument: bad JSON, an unknown, missing or malformed field.
         PayloadTooLarge: a body over ``max_body`` bytes.
     """
+    raw, from_query = read(request, request_type, max_body)
+    headers = {name: request.headers.get(header) for name, header in request_type.HEADERS.items()}
+    return build(request_type, raw, from_query=from_query, headers=headers)
+
+
+def read(
+    request: FlaskRequest, request_type: type[Request], max_body: int = MAX_BODY_BYTES
+) -> tuple[dict[str, Any], bool]:
+    """A request's fields, not yet checked: the query of a GET, or the JSON (or multipart) object of a POST.
+
+    Returns:
+        The fields, and whether they came from the query (strings that ``build`` converts).
+
+    Raises:
+        InvalidArgument: bad JSON, not an object, or a query parameter given twice.
+        PayloadTooLarge: a body over ``max_body`` bytes.
+    """
     if request.method == "GET":
         raw: dict[str, Any] = {}
         for name in request.args:
@@ -79,19 +107,33 @@ def parse(request: FlaskRequest, request_type: type[R], max_body: int = MAX_BODY
             if len(values) > 1:
                 raise InvalidArgument(f"{name}: given more than once")
             raw[name] = values[0]
-        from_query = True
-    else:
-        raw = _body_object(request, request_type, max_body)
-        from_query = False
-        # A POST reads only its JSON body; a field left in the query string would be silently ignored.
-        misplaced = sorted(name for name in request.args if name in request_type.FIELDS and name not in raw)
-        if misplaced:
-            raise InvalidArgument(
-                f"{misplaced[0]}: given in the query string, which a POST does not read; "
-                "send it in the JSON body (Content-Type: application/json)"
-            )
-    headers = {name: request.headers.get(header) for name, header in request_type.HEADERS.items()}
-    return build(request_type, raw, from_query=from_query, headers=headers)
+        return raw, True
+    raw = _body_object(request, request_type, max_body)
+    # A POST reads only its JSON body; a field left in the query string would be silently ignored.
+    misplaced = sorted(name for name in request.args if name in request_type.FIELDS and name not in raw)
+    if misplaced:
+        raise InvalidArgument(
+            f"{misplaced[0]}: given in the query string, which a POST does not read; "
+            "send it in the JSON body (Content-Type: application/json)"
+        )
+    return raw, False
+
+
+def read_body(request: FlaskRequest, max_body: int = MAX_BODY_BYTES) -> bytes:
+    """A body read whole (the MCP SDK's JSON-RPC message), refused before it is read when its declared
+    length is over ``max_body``.
+
+    Raises:
+        PayloadTooLarge: a body over ``max_body`` bytes.
+        InvalidArgument: the body ended before its declared end.
+    """
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise PayloadTooLarge(f"the request body is over {max_body} bytes")
+    body = _read_body(request)
+    if len(body) > max_body:
+        raise PayloadTooLarge(f"the request body is over {max_body} bytes")
+    return body
 
 
 def build(
@@ -251,6 +293,10 @@ def _check(name: str, spec: Field, value: Any, from_query: bool) -> Any:
             raise InvalidArgument(f"{name}: must not contain NUL characters")
         if _has_surrogate(value):
             raise InvalidArgument(f"{name}: contains an unpaired UTF-16 surrogate")
+        if spec.choices and value not in spec.choices:
+            raise InvalidArgument(f"{name}: must be one of {', '.join(spec.choices)}")
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            raise InvalidArgument(f"{name}: not in the expected form")
         return value
     if spec.kind == "int":
         if from_query and isinstance(value, str):
@@ -290,6 +336,10 @@ def _check(name: str, spec: Field, value: Any, from_query: bool) -> Any:
         if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
             raise InvalidArgument(f"{name}: must be a list of strings")
         items = [item.strip() for item in items if item.strip()]
+        if len(items) < spec.min_length:
+            raise InvalidArgument(
+                f"{name}: at least {spec.min_length} item{'s' if spec.min_length > 1 else ''}"
+            )
         if spec.max_length is not None and len(items) > spec.max_length:
             raise InvalidArgument(f"{name}: at most {spec.max_length} items")
         for item in items:

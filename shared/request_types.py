@@ -89,10 +89,12 @@ class ListEmailsRequest(UserRequest):
 
     FIELDS: ClassVar[dict[str, Field]] = {
         **USER_FIELDS,
-        "q": Field("str", max_length=2048),
+        "q": Field("str", max_length=2048, description="Gmail search syntax, e.g. `is:unread from:a@b.com`"),
         "label_ids": Field("str_list", max_length=50),
         "max_results": Field("int", minimum=1, maximum=500, default=20),
-        "page_token": Field("str", min_length=1, max_length=1024),
+        "page_token": Field(
+            "str", min_length=1, max_length=1024, description="a previous answer's `next_page_token`"
+        ),
         "include_body": Field("bool", default=False),
         "include_spam_trash": Field("bool", default=False),
     }
@@ -146,8 +148,61 @@ class GetAttachmentRequest(UserRequest):
 
 
 # The fields that describe the message itself. They are checked in depth by the MIME request parser
-# (addresses, base64, CR/LF), so here they are only declared; this is the one list of them.
+# (addresses, base64, CR/LF), so here they are only declared, with the JSON Schema that tells a caller
+# (an MCP tool's input schema, docs/openapi.yaml) what that parser takes; this is the one list of them.
 MAIL_FIELDS = ("to", "cc", "bcc", "subject", "body", "html", "attachments", "from_name", "reply_to")
+# Any Unicode but no CR, LF or other control character (TAB allowed): what a header value may hold.
+HEADER_TEXT: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^[^\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029]*$",
+}
+ADDRESS: dict[str, Any] = {**HEADER_TEXT, "minLength": 1, "description": "`addr@x` or `Name <addr@x>`"}
+ADDRESSES: dict[str, Any] = {
+    "oneOf": [ADDRESS, {"type": "array", "minItems": 1, "maxItems": 500, "items": ADDRESS}],
+    "description": "`addr@x` or `Name <addr@x>` (non-ASCII names allowed), or a list of them",
+}
+ATTACHMENT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["filename", "content"],
+    "properties": {
+        "filename": {**HEADER_TEXT, "minLength": 1},
+        "content": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "pattern": r"^[A-Za-z0-9+/=\s]*$",
+            "description": "the file's bytes, standard base64",
+        },
+        "mime_type": {
+            "type": "string",
+            "pattern": r"^\s*[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*\s*$",
+        },
+    },
+}
+MAIL_FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "to": ADDRESSES,
+    "cc": ADDRESSES,
+    "bcc": ADDRESSES,
+    "subject": {**HEADER_TEXT, "description": "any Unicode (Korean included); no CR/LF"},
+    "body": {"type": "string", "description": "plain-text body"},
+    "html": {"type": "string", "description": "HTML body; with `body` the message is multipart/alternative"},
+    "attachments": {
+        "type": "array",
+        "items": ATTACHMENT,
+        "description": "at most 24 MiB decoded in all",
+    },
+    "from_name": {**HEADER_TEXT, "description": "display name; the address is always the mailbox's own"},
+    "reply_to": ADDRESS,
+}
+# What HTTP takes as a header, as a field for callers without per-call headers (MCP tool arguments).
+HEADER_FIELDS: dict[str, Field] = {
+    "idempotency_key": Field(
+        "str",
+        min_length=1,
+        max_length=255,
+        description="as the Idempotency-Key header: a repeat with the same key and request sends nothing",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -169,8 +224,13 @@ class SendEmailRequest(UserRequest):
 
     FIELDS: ClassVar[dict[str, Field]] = {
         **USER_FIELDS,
-        **{name: Field("any", required=name == "to", query_ok=False) for name in MAIL_FIELDS},
-        "reply_to_message_id": Field("str", min_length=1, max_length=256),
+        **{
+            name: Field("any", required=name == "to", query_ok=False, schema=MAIL_FIELD_SCHEMAS[name])
+            for name in MAIL_FIELDS
+        },
+        "reply_to_message_id": Field(
+            "str", min_length=1, max_length=256, description="Gmail id of the message answered"
+        ),
         "thread_id": Field("str", min_length=1, max_length=256),
     }
     HEADERS: ClassVar[dict[str, str]] = {"idempotency_key": IDEMPOTENCY_KEY_HEADER}
@@ -251,8 +311,8 @@ class WatchMailboxRequest(UserRequest):
     FIELDS: ClassVar[dict[str, Field]] = {
         "user_id": ident(100, required=True),
         "robeing_id": ident(50, required=True),
-        "action": Field("str", min_length=1, max_length=16, default="start"),
-        "label_ids": Field("str_list", max_length=50),
+        "action": Field("str", min_length=1, max_length=16, default="start", choices=WATCH_ACTIONS),
+        "label_ids": Field("str_list", min_length=1, max_length=50),
     }
 
 
@@ -266,7 +326,7 @@ class ListEventsRequest(Request):
 
     FIELDS: ClassVar[dict[str, Field]] = {
         "robeing_id": ident(50, required=True),
-        "after": Field("str", min_length=1, max_length=32),
+        "after": Field("str", min_length=1, max_length=32, pattern=r"^[0-9]+$"),
         "limit": Field("int", minimum=1, maximum=500, default=100),
     }
 
@@ -283,3 +343,9 @@ class GmailPushRequest(Request):
         "email_address": Field("str", required=True, min_length=3, max_length=320),
         "history_id": Field("int", required=True, minimum=1, maximum=2**64 - 1),
     }
+
+
+@dataclass(frozen=True)
+class McpRequest(Request):
+    """``mcp``: the body is one JSON-RPC message, read by the MCP SDK rather than checked here; each tool
+    call's arguments are checked as the request of the target it names."""

@@ -145,6 +145,15 @@ TARGETS: tuple[Target, ...] = (
         rt.ListEventsRequest,
         "the events queued for a robeing, for pulling instead of (or besides) webhooks",
     ),
+    Target(
+        "mcp",
+        ("POST",),
+        rt.McpRequest,
+        "the same operations as MCP tools (Model Context Protocol, streamable HTTP, stateless)",
+        # A tools/call of send_email carries the same attachments, and runs the same send, as send_email.
+        max_body=MAX_SEND_BODY_BYTES,
+        timeout="120s",
+    ),
 )
 
 BY_NAME: dict[str, Target] = {target.name: target for target in TARGETS}

@@ -7,15 +7,17 @@ page or a traceback; every request is logged once, with its target, ids, trace a
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import flask
 import functions_framework
+from werkzeug.datastructures import Headers
 
 from shared import callers, clock, config, logs, params, targets
 from shared.errors import Internal, MethodNotAllowed, SkillEmailError
@@ -39,8 +41,9 @@ def _utf8_json(body: Any) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
-def error_response(error: SkillEmailError) -> flask.Response:
-    """The contract's error body: ``{"error": {"code", "message"}}``, plus the details it names."""
+def error_body(error: SkillEmailError) -> dict[str, Any]:
+    """The contract's error body, ``{"error": {"code", "message"}}`` plus the details it names, for HTTP
+    and MCP alike."""
     body: dict[str, Any] = {"error": {"code": error.code, "message": error.message}}
     message_id = error.details.get("message_id")
     if isinstance(message_id, str):
@@ -50,7 +53,12 @@ def error_response(error: SkillEmailError) -> flask.Response:
     if isinstance(required_scopes, list):
         # A 403 for scopes names the scopes (full URLs), any one of which would do.
         body["error"]["required_scopes"] = [str(scope) for scope in required_scopes]
-    return json_response(body, error.status, error.headers())
+    return body
+
+
+def error_response(error: SkillEmailError) -> flask.Response:
+    """The contract's error body as a response with the error's status and headers."""
+    return json_response(error_body(error), error.status, error.headers())
 
 
 def _trace(request: flask.Request) -> str | None:
@@ -94,16 +102,27 @@ class Call:
 
 Handler = Callable[[Any, Call], Any]
 
+# Each target's handler, recorded by ``http_function`` when its entry point is imported, so that
+# ``invoke`` (HTTP and MCP alike) runs the very function the target's own URL runs.
+HANDLERS: dict[str, Handler] = {}
 
-def http_function(name: str) -> Callable[[Handler], Callable[[flask.Request], Any]]:
+
+def http_function(
+    name: str, *, raw_request: bool = False
+) -> Callable[[Handler], Callable[[flask.Request], Any]]:
     """Wraps the registered target ``name``: method check, typed request, log context, error mapping.
 
     The wrapped function takes the typed request (``targets.get(name).request``) and the ``Call``, and
-    returns a JSON-able body or a ``flask.Response``.
+    returns a JSON-able body or a ``flask.Response``. With ``raw_request`` (``mcp``, whose body is a
+    JSON-RPC message that the MCP SDK reads) it takes the ``flask.Request`` itself instead, after the
+    method check.
     """
     target = targets.get(name)
 
     def decorate(handle: Handler) -> Callable[[flask.Request], Any]:
+        if not raw_request:
+            HANDLERS[name] = handle
+
         @functools.wraps(handle)
         def entry_point(request: flask.Request) -> flask.Response:
             try:
@@ -115,7 +134,7 @@ def http_function(name: str) -> Callable[[Handler], Callable[[flask.Request], An
             token = logs.request_context.set(context)
             caller_token = callers.current.set(None)
             try:
-                response = _respond(handle, request, target, call)
+                response = _respond(handle, request, target, call, raw_request)
             finally:
                 callers.current.reset(caller_token)
                 logs.request_context.reset(token)
@@ -140,7 +159,9 @@ def http_function(name: str) -> Callable[[Handler], Callable[[flask.Request], An
     return decorate
 
 
-def _respond(handle: Handler, request: flask.Request, target: targets.Target, call: Call) -> flask.Response:
+def _respond(
+    handle: Handler, request: flask.Request, target: targets.Target, call: Call, raw_request: bool
+) -> flask.Response:
     try:
         if request.method not in target.methods:
             raise MethodNotAllowed(
@@ -154,27 +175,72 @@ def _respond(handle: Handler, request: flask.Request, target: targets.Target, ca
         if call.caller is not None:
             callers.current.set(call.caller)
             call.log["caller"] = call.caller.email
-        args = params.parse(request, target.request, max_body=target.max_body)
-        for name in ("user_id", "robeing_id"):
-            if getattr(args, name, None) is not None:
-                call.log[name] = getattr(args, name)
-        callers.authorize(call.caller, target, args)
-        result = handle(args, call)
+        if raw_request:
+            # mcp: each tool call is authorized in invoke, as the target it names (role, robeing_id).
+            result = handle(request, call)
+        else:
+            raw, from_query = params.read(request, target.request, max_body=target.max_body)
+            result = invoke(target.name, raw, call, headers=request.headers, from_query=from_query)
         if isinstance(result, flask.Response):
             return result
         return json_response(result)
-    except SkillEmailError as error:
+    except Exception as exc:
+        return error_response(public_error(exc, call))
+
+
+def invoke(
+    name: str,
+    raw: Mapping[str, Any],
+    call: Call,
+    *,
+    headers: Mapping[str, str] | Headers | None = None,
+    from_query: bool = False,
+) -> Any:
+    """Runs target ``name`` on already-decoded fields: the one path of an HTTP request and an MCP tool call.
+
+    Args:
+        name: a registered target.
+        raw: the fields (a JSON object, query values, or MCP tool arguments), checked here against the
+            target's request type.
+        call: this call's context; its log gets ``user_id`` and ``robeing_id``.
+        headers: HTTP headers by name (case-insensitive for a request's own headers), read for the
+            request type's ``HEADERS`` such as ``Idempotency-Key``.
+        from_query: the fields are query parameters (strings to convert).
+
+    Returns:
+        The handler's result: a JSON-able body or a ``flask.Response``.
+
+    Raises:
+        SkillEmailError: what the request or the handler raised; ``public_error`` maps anything else.
+    """
+    target = targets.get(name)
+    handle = HANDLERS.get(name)
+    if handle is None:
+        importlib.import_module(target.module)  # its http_function records the handler
+        handle = HANDLERS[name]
+    header_values = {field: (headers or {}).get(header) for field, header in target.request.HEADERS.items()}
+    args = params.build(target.request, raw, from_query=from_query, headers=header_values)
+    for field_name in ("user_id", "robeing_id"):
+        if getattr(args, field_name, None) is not None:
+            call.log[field_name] = getattr(args, field_name)
+    callers.authorize(call.caller, target, args)
+    return handle(args, call)
+
+
+def public_error(error: BaseException, call: Call) -> SkillEmailError:
+    """The error a caller sees for ``error``, logged here once: a 5xx with its cause, and anything that
+    is not a ``SkillEmailError`` (a bug) as ``internal`` with its traceback and no details in the body."""
+    if isinstance(error, SkillEmailError):
         call.log["error_code"] = error.code
         refused = error.details.get("caller_email")
         if isinstance(refused, str):
             call.log.setdefault("caller", refused)  # a verified caller who is not on the list
         if error.status >= 500:
-            logger.error("%s: %s", error.code, error.message, exc_info=error.__cause__ is not None)
+            logger.error("%s: %s", error.code, error.message, exc_info=error if error.__cause__ else None)
             if isinstance(error, Internal):
                 # The body says only that; the details are in the log line above.
-                return error_response(Internal("internal error"))
-        return error_response(error)
-    except Exception:
-        call.log["error_code"] = "internal"
-        logger.exception("unhandled error")
-        return error_response(Internal("internal error"))
+                return Internal("internal error")
+        return error
+    call.log["error_code"] = "internal"
+    logger.error("unhandled error", exc_info=error)
+    return Internal("internal error")

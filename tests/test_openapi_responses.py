@@ -151,6 +151,9 @@ def assert_conforms(response: TestResponse, path: str, method: str) -> Any:
     )
     response_pointer, documented = _resolve(_pointer("paths", path, method, "responses", str(status)))
     content = documented.get("content", {})
+    if not content:  # e.g. mcp's 202 for a notification
+        assert response.get_data() == b"", (status, response.get_data()[:300])
+        return None
     body: Any = None
     if response.mimetype not in content and "*/*" in content:
         # Bytes of any type (get_attachment): the type is the file's own; the headers are checked below.
@@ -206,6 +209,9 @@ CONTRACT_STATUSES = {
     # list_events reads only the database: no token, no Gmail.
     "list_events": {200, 400, 405, 500, 503},
     "list_events_get": {200, 400, 405, 500, 503},
+    # A target's errors, 5xx included, are tool results (200); the transport's own are JSON-RPC errors
+    # (400, 406).
+    "mcp": {200, 202, 400, 405, 406, 413},
 }
 
 
@@ -525,6 +531,31 @@ WATCH = {"user_id": "alice", "robeing_id": "robeing-1"}
 EVENTS = {"robeing_id": "robeing-1", "limit": 10}
 
 
+MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+
+def _mcp(message: dict[str, Any], headers: dict[str, str] | None = None) -> Call:
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        return api.post("/mcp", json={"jsonrpc": "2.0", **message}, headers={**MCP_ACCEPT, **(headers or {})})
+
+    return call
+
+
+def _mcp_tool(name: str, arguments: dict[str, Any]) -> Call:
+    return _mcp({"id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
+
+
+def _mcp_raw(data: bytes, content_type: str) -> Call:
+    def call(api: Client, given: dict[str, Any]) -> TestResponse:
+        return api.post("/mcp", data=data, content_type=content_type, headers=MCP_ACCEPT)
+
+    return call
+
+
+def _mcp_too_large(api: Client, given: dict[str, Any]) -> TestResponse:
+    return api.post("/mcp", data=b" " * (targets.get("mcp").max_body + 1), content_type="application/json")
+
+
 def _with_ids(make: Callable[[str, str], Call]) -> Call:
     """A call built from the id of the inbox's message with an attachment, and of its thread."""
 
@@ -810,6 +841,16 @@ SCENARIOS = [
         ("list_events_get", 405, _open("/list_events?robeing_id=robeing-1", "DELETE")),
         ("list_events_get", 500, _events_table_missing(_get("/list_events?robeing_id=robeing-1"))),
         ("list_events_get", 503, _get("/list_events?robeing_id=robeing-1"), DOWN),
+        # mcp
+        ("mcp", 200, _mcp_tool("token_status", {"user_id": "alice"})),
+        ("mcp", 200, _mcp_tool("list_emails", {"user_id": "nobody"})),
+        ("mcp", 200, _mcp({"id": "l", "method": "tools/list"})),
+        ("mcp", 202, _mcp({"method": "notifications/initialized"})),
+        ("mcp", 400, _mcp_raw(b"{not json", "application/json")),
+        ("mcp", 405, _get("/mcp")),
+        ("mcp", 406, _mcp({"id": 1, "method": "tools/list"}, headers={"Accept": "text/html"})),
+        ("mcp", 413, _mcp_too_large),
+        ("mcp", 400, _mcp_raw(b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}', "text/plain")),
     ]
 ]
 
@@ -834,7 +875,9 @@ def test_response_conforms_to_the_spec(
     path, method = operations()[scenario.operation_id]
     assert response.status_code == status, response.get_data(as_text=True)[:500]
     body = assert_conforms(response, path, method)
-    if status >= 400:
+    if status >= 400 and scenario.operation_id == "mcp" and status not in (405, 413):
+        assert body["jsonrpc"] == "2.0" and isinstance(body["error"]["code"], int)  # JSON-RPC's error
+    elif status >= 400:
         assert set(body) == {"error"}
         if status == 429:
             assert int(response.headers["Retry-After"]) >= 1
