@@ -3,10 +3,6 @@ functions served through functions-framework, and a guard that no secret ever re
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import json
 import logging
 import os
@@ -17,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -35,32 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # installing it; an installed copy elsewhere in the venv never shadows the code under test.
 sys.path.insert(0, str(ROOT / "client"))
 
-
-class _OldFakesName(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """The fakes moved from tests/fakes/ to devtools/fakes/ (the sandbox serves them too). Branches written
-    before the move still say ``tests.fakes.X``: each such name is the module ``devtools.fakes.X`` itself
-    (an alias, never a second copy whose classes would differ)."""
-
-    OLD, NEW = "tests.fakes", "devtools.fakes"
-    real_specs: ClassVar[dict[str, Any]] = {}
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if name == self.OLD or name.startswith(self.OLD + "."):
-            return importlib.util.spec_from_loader(name, self)
-        return None
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
-        module = importlib.import_module(self.NEW + spec.name[len(self.OLD) :])
-        self.real_specs[module.__name__] = module.__spec__
-        return module
-
-    def exec_module(self, module: Any) -> None:
-        # Nothing to run (it was imported under its own name); importlib has just set the alias's spec on
-        # it, so its own is put back.
-        module.__spec__ = self.real_specs[module.__name__]
-
-
-sys.meta_path.insert(0, _OldFakesName())
 
 # Fixtures of the new-mail tests (watchers' tokens, the Pub/Sub topic, a webhook receiver).
 pytest_plugins = ("tests.push_support",)

@@ -9,6 +9,7 @@ only. The changes to the printed commands: port 8080 becomes a free port (``--po
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -92,6 +93,7 @@ def test_the_quick_start_works_as_printed_from_a_fresh_clone() -> None:
     serve_block, curl_block = blocks[:2]
     [push_block] = [block for block in blocks if "watch_mailbox" in block]
     [client_block] = [block for block in blocks if "skill_email_client" in block]
+    [mcp_block] = [block for block in blocks if "streamable_http_client" in block]
     assert serve_block.strip() == "python3 tasks.py serve --sandbox"
 
     with scratch_dir("skill-email-quickstart-") as work:
@@ -134,6 +136,13 @@ def test_the_quick_start_works_as_printed_from_a_fresh_clone() -> None:
             assert "as expected: not_found" in printed
             probe = "import skill_email_client; print(skill_email_client.__file__)"
             assert "/skill-email/client/" in run_in(clone, f"{venv_name()}/bin/python -c '{probe}'")
+
+            # 3. MCP: the official client lists the tools and calls one, as printed.
+            mcp_script = mcp_block.replace("localhost:8080", here).replace(".venv/", f"{venv_name()}/")
+            printed_lines = run_in(clone, mcp_script).strip().splitlines()
+            tools = set(ast.literal_eval(printed_lines[0]))
+            assert {"send_email", "list_emails", "get_email", "token_status"} <= tools
+            assert "From the client" in printed_lines[1]  # the client step's send, found through MCP
 
             # Stopping `python3 tasks.py serve` by its PID stops the functions, the fakes and PostgreSQL.
             output = served.output
