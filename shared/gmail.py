@@ -21,7 +21,6 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,17 +33,8 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest, MediaIoBaseUpload
 
 from shared import clock
-from shared.errors import (
-    InvalidArgument,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RateLimited,
-    ReauthRequired,
-    SkillEmailError,
-    Unavailable,
-    UpstreamError,
-)
+from shared.errors import PayloadTooLarge, Unavailable, UpstreamError
+from shared.gmail_errors import Failure, SendOutcomeUnknown, classify
 from shared.transport import RequestsHttp
 
 logger = logging.getLogger(__name__)
@@ -59,11 +49,6 @@ BATCH_SIZE = 50
 SIMPLE_SEND_MAX_BYTES = 5 * 1024 * 1024
 MAX_MESSAGE_BYTES = 35 * 1024 * 1024
 METADATA_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "References", "In-Reply-To")
-RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"})
-SCOPE_REASONS = frozenset({"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"})
-PERMISSION_REASONS = frozenset(
-    {"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT", "forbidden", "PERMISSION_DENIED"}
-)
 
 _documents: dict[str, dict[str, Any]] = {}
 _services: dict[str, Any] = {}
@@ -137,97 +122,6 @@ class StoreCredentials(google.auth.credentials.Credentials):
 
     def refresh(self, request: Any) -> None:
         self.token, self.expiry = self._refresher(self.token)
-
-
-class SendOutcomeUnknown(Exception):
-    """messages.send failed in a way that does not tell whether Gmail sent the message."""
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """What a Gmail error means. It is raised ``from None``: googleapiclient's ``HttpError`` carries
-    Gmail's answer (which may echo what we sent) into any traceback, so only ``summary`` (HTTP status
-    and Google's reason code) travels on, in the error's message."""
-
-    error: SkillEmailError
-    retryable: bool
-    retry_after: float | None = None
-    summary: str = ""
-
-
-def _error_reason(exc: HttpError) -> tuple[str | None, str]:
-    try:
-        payload = json.loads(exc.content.decode("utf-8", "replace"))
-        error = payload.get("error", {}) if isinstance(payload, dict) else {}
-    except (ValueError, AttributeError):
-        return None, ""
-    if not isinstance(error, dict):
-        return None, str(error)
-    reasons = [item.get("reason") for item in error.get("errors", []) if isinstance(item, dict)]
-    for detail in error.get("details", []) or []:
-        if isinstance(detail, dict) and detail.get("reason"):
-            reasons.append(detail["reason"])
-    reason = next((item for item in reasons if item), None)
-    return reason, str(error.get("message") or "")
-
-
-def classify(exc: HttpError) -> _Failure:
-    """What a Gmail error means to a caller, and whether trying again can help.
-
-    The error's text holds the HTTP status and Google's reason code, never Gmail's message or body.
-    """
-    status = int(exc.resp.status)
-    reason, message = _error_reason(exc)
-    summary = f"HTTP {status} {reason or 'no reason given'}"
-    failure = _classify(status, reason, message, _retry_after(exc.resp.get("retry-after")), summary)
-    return _Failure(failure.error, failure.retryable, failure.retry_after, summary)
-
-
-def _classify(
-    status: int, reason: str | None, message: str, retry_after: float | None, summary: str
-) -> _Failure:
-    if status == 429 or (status == 403 and reason in RATE_LIMIT_REASONS):
-        return _Failure(
-            RateLimited(
-                f"Gmail is rate-limiting this mailbox ({summary}); slow down",
-                retry_after=int(retry_after or 30),
-            ),
-            True,
-            retry_after,
-        )
-    if reason == "dailyLimitExceeded":
-        return _Failure(RateLimited("the Gmail API's daily quota is used up", retry_after=3600), False)
-    if status == 403 and (reason in PERMISSION_REASONS or "scope" in message.lower() or reason is None):
-        return _Failure(
-            PermissionDenied(
-                f"Gmail refused ({summary}): the token lacks the permission (scope) this call "
-                "needs; reconnect Gmail granting it",
-                # Only these say "scope"; "forbidden" is about the mailbox (delegation), not the token.
-                scope_insufficient=reason in SCOPE_REASONS or "scope" in message.lower(),
-            ),
-            False,
-        )
-    if status == 401:
-        return _Failure(
-            ReauthRequired("Gmail refused the token even after a refresh: reconnect Gmail"), False
-        )
-    if status == 404:
-        return _Failure(NotFound("no such message or thread in this mailbox"), False)
-    if status == 413:
-        return _Failure(PayloadTooLarge("Gmail refused the message as too large"), False)
-    if status == 400:
-        return _Failure(InvalidArgument(f"Gmail rejected the request ({summary})"), False)
-    if status >= 500:
-        return _Failure(Unavailable(f"Gmail is failing ({summary}); try again later"), True, retry_after)
-    return _Failure(UpstreamError(f"Gmail answered {summary}"), False)
-
-
-def _retry_after(value: Any) -> float | None:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if seconds >= 0 else None
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
@@ -366,7 +260,7 @@ class GmailClient:
         started = clock.monotonic()
         for attempt in range(1, ATTEMPTS + 1):
             retry: list[str] = []
-            last: _Failure | None = None
+            last: Failure | None = None
             for offset in range(0, len(pending), BATCH_SIZE):
                 chunk = pending[offset : offset + BATCH_SIZE]
                 outcome = self._run_batch(chunk, make_request, found)
@@ -382,9 +276,9 @@ class GmailClient:
 
     def _run_batch(
         self, chunk: list[str], make_request: Callable[[str], Any], found: dict[str, dict[str, Any]]
-    ) -> tuple[list[str], _Failure | None]:
+    ) -> tuple[list[str], Failure | None]:
         retry: list[str] = []
-        failures: list[_Failure] = []
+        failures: list[Failure] = []
 
         def collect(request_id: str, response: Any, exception: Exception | None) -> None:
             if exception is None:
@@ -412,7 +306,7 @@ class GmailClient:
                 raise failure.error from None
             return list(chunk), failure
         except requests.RequestException:  # reads only: the whole chunk may safely go again
-            return list(chunk), _Failure(Unavailable("Gmail could not be reached"), True)
+            return list(chunk), Failure(Unavailable("Gmail could not be reached"), True)
         return retry, (failures[-1] if failures else None)
 
     def send(self, raw: bytes, thread_id: str | None) -> dict[str, Any]:

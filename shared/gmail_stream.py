@@ -23,7 +23,8 @@ from googleapiclient.errors import HttpError
 
 from shared import clock
 from shared.errors import Unavailable, UpstreamError
-from shared.gmail import ATTEMPTS, GmailClient, classify
+from shared.gmail import ATTEMPTS, GmailClient
+from shared.gmail_errors import classify
 
 logger = logging.getLogger(__name__)
 

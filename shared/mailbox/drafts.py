@@ -26,7 +26,8 @@ from googleapiclient.http import MediaIoBaseUpload
 
 from shared import audit, idempotency
 from shared.errors import NotFound, PayloadTooLarge, SkillEmailError, Unavailable
-from shared.gmail import MAX_MESSAGE_BYTES, SIMPLE_SEND_MAX_BYTES, GmailClient, SendOutcomeUnknown, resource
+from shared.gmail import MAX_MESSAGE_BYTES, SIMPLE_SEND_MAX_BYTES, GmailClient, resource
+from shared.gmail_errors import SendOutcomeUnknown
 from shared.mailbox import send
 from shared.mailbox.session import gmail_client, record_audit
 from shared.mime import compose, request

@@ -18,7 +18,8 @@ from typing import Any
 
 from shared import audit, clock, idempotency
 from shared.errors import SkillEmailError, Unavailable
-from shared.gmail import GmailClient, SendOutcomeUnknown
+from shared.gmail import GmailClient
+from shared.gmail_errors import SendOutcomeUnknown
 from shared.mailbox.session import gmail_client, record_audit
 from shared.mime import compose, decode, request
 from shared.request_types import SendEmailRequest
