@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from shared import clock
 from shared.config import ConfigError, Settings, load_settings, secret_version_name
 from shared.errors import Unavailable
+from shared.transport import google_api_session
 
 if TYPE_CHECKING:
     import requests
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://secretmanager.googleapis.com"
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # Secret Manager calls are bounded so that a cold start with Secret Manager down answers 503 within
 # seconds instead of a client default of 60 s; the caller (or Cloud Scheduler) retries.
 SECRET_ATTEMPT_TIMEOUT_S = 3.0
@@ -79,7 +79,7 @@ class SecretCache:
         with self._lock:
             session = self._sessions.get(endpoint)
             if session is None:
-                session = _make_session(endpoint)
+                session = google_api_session(endpoint)
                 self._sessions[endpoint] = session
             return session
 
@@ -109,25 +109,6 @@ class SecretCache:
                 logger.error("Secret Manager did not give %s: %s", name, reason)
                 raise Unavailable("the configuration secret could not be read")
             clock.sleep(delay)
-
-
-def _make_session(endpoint: str | None) -> requests.Session:
-    """A session for Secret Manager: authorised with the instance's credentials, or plain for an emulator."""
-    import requests
-
-    if endpoint and endpoint.startswith("http://"):
-        # A plain-HTTP endpoint is an emulator: no Google credentials to look up.
-        return requests.Session()
-    import google.auth
-    from google.auth import exceptions as auth_exceptions
-    from google.auth.transport.requests import AuthorizedSession
-
-    try:
-        credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-    except auth_exceptions.DefaultCredentialsError as exc:
-        logger.error("no Google credentials to read Secret Manager with: %s", type(exc).__name__)
-        raise Unavailable("the configuration secret could not be read: no Google credentials") from None
-    return AuthorizedSession(credentials)
 
 
 def _payload_text(body: Any, name: str) -> str:

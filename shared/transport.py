@@ -89,3 +89,30 @@ class RequestsHttp:
 
     def close(self) -> None:
         """Nothing to close: the session outlives the invocation on purpose."""
+
+
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
+def google_api_session(endpoint: str | None) -> requests.Session:
+    """A session for a Google Cloud REST API (Secret Manager, Cloud Tasks): authorised with the instance's
+    credentials, or plain when ``endpoint`` is an ``http://`` emulator, which takes no credentials.
+
+    Raises:
+        Unavailable: no Google credentials could be found (a cold start cannot read its secrets then).
+    """
+    import requests
+
+    if endpoint and endpoint.startswith("http://"):
+        return requests.Session()
+    import google.auth
+    from google.auth import exceptions as auth_exceptions
+    from google.auth.transport.requests import AuthorizedSession
+
+    from shared.errors import Unavailable
+
+    try:
+        credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+    except auth_exceptions.DefaultCredentialsError as exc:
+        raise Unavailable(f"no Google credentials to call Google Cloud with ({type(exc).__name__})") from None
+    return AuthorizedSession(credentials)

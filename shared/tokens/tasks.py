@@ -16,16 +16,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import Unavailable
+from shared.transport import google_api_session
 
 if TYPE_CHECKING:
-    import requests
-
     from shared.config import Settings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://cloudtasks.googleapis.com"
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # Creating a task is one small request; a queue that does not answer within this is down.
 CREATE_TIMEOUT_S = (3.05, 10.0)
 
@@ -60,7 +58,7 @@ def enqueue_slices(settings: Settings, slices: list[list[int]], window_seconds: 
     )
     endpoint = (settings.cloud_tasks_endpoint or DEFAULT_ENDPOINT).rstrip("/")
     url = f"{endpoint}/v2/{settings.refresh_tasks_queue}/tasks"
-    session = _session(settings.cloud_tasks_endpoint)
+    session = google_api_session(settings.cloud_tasks_endpoint)
     created = 0
     for row_ids in slices:
         body = task_body(
@@ -80,15 +78,3 @@ def enqueue_slices(settings: Settings, slices: list[list[int]], window_seconds: 
             raise Unavailable("Cloud Tasks refused a task")
         created += 1
     return created
-
-
-def _session(endpoint: str | None) -> requests.Session:
-    import requests
-
-    if endpoint and endpoint.startswith("http://"):
-        return requests.Session()  # an emulator: no Google credentials to look up
-    import google.auth
-    from google.auth.transport.requests import AuthorizedSession
-
-    credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-    return AuthorizedSession(credentials)
